@@ -1,0 +1,1 @@
+//! slapos-core
