@@ -1,1 +1,244 @@
-//! slapos-client
+//! A Rust client of a SlapOS master. Requests and supplies go over the
+//! legacy SLAP protocol, so this client works against the reference Python
+//! proxy and master too; listings use the JSON API of slapos-rs masters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use slapos_proto::marshal::{self, Value};
+
+/// Why a call failed, in terms a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the master at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    /// 404: unknown computer, no free partition, no host for a shared instance...
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 408: the master accepted the request but has not allocated it yet.
+    #[error("the master is provisioning the instance; ask again later")]
+    NotReady,
+    #[error("the master refused the call ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("unexpected answer from the master: {0}")]
+    BadAnswer(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// What to request (the arguments of `OpenOrder.request`).
+#[derive(Debug, Clone, Default)]
+pub struct RequestSpec {
+    pub software_release: String,
+    pub title: String,
+    pub software_type: Option<String>,
+    pub parameters: BTreeMap<String, String>,
+    pub sla: BTreeMap<String, String>,
+    pub state: Option<String>,
+    pub shared: bool,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestedInstance {
+    /// Requested state as the master answered it (absent for shared instances).
+    pub state: Option<String>,
+    pub connection_parameters: BTreeMap<String, Option<String>>,
+    pub parameters: BTreeMap<String, Option<String>>,
+    pub computer: Option<String>,
+    pub partition: Option<String>,
+    pub instance_guid: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct SlapClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, Option<String>> {
+    match v {
+        Some(Value::Dict(items)) => items
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::None => None,
+                    other => Some(marshal::python_str(other)),
+                };
+                (marshal::python_str(k), value)
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn string_of(v: Option<&Value>) -> Option<String> {
+    v.and_then(|v| v.as_str()).map(str::to_string)
+}
+
+impl SlapClient {
+    /// `master_url` as in `slapos.cfg`; endpoints are relative to it.
+    pub fn new(master_url: &str) -> Result<SlapClient> {
+        let mut base = master_url.trim().to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("slapos-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.clone(),
+                source: e,
+            })?;
+        Ok(SlapClient { base, http })
+    }
+
+    pub fn master_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn check(
+        &self,
+        url: &str,
+        response: std::result::Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<String> {
+        let response = response.map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            source: e,
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.to_string(),
+                source: e,
+            })?;
+        match status {
+            200..=299 => Ok(body),
+            404 => Err(ClientError::NotFound(first_line(&body))),
+            408 => Err(ClientError::NotReady),
+            _ => Err(ClientError::Refused {
+                status,
+                message: first_line(&body),
+            }),
+        }
+    }
+
+    async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Result<String> {
+        let url = self.url(path);
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let response = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await;
+        self.check(&url, response).await
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let url = self.url(path);
+        let response = self.http.get(&url).send().await;
+        let body = self.check(&url, response).await?;
+        serde_json::from_str(&body).map_err(|e| {
+            ClientError::BadAnswer(format!(
+                "{url} did not answer JSON ({e}); is this a slapos-rs master?"
+            ))
+        })
+    }
+
+    /// Requests (or re-requests) an instance.
+    pub async fn request(&self, spec: &RequestSpec) -> Result<RequestedInstance> {
+        let dict = |m: &BTreeMap<String, String>| {
+            Value::Dict(
+                m.iter()
+                    .map(|(k, v)| (Value::str(k.clone()), Value::str(v.clone())))
+                    .collect(),
+            )
+        };
+        let encode =
+            |v: &Value| marshal::dumps(v).map_err(|e| ClientError::BadAnswer(e.to_string()));
+        let parameters = encode(&dict(&spec.parameters))?;
+        let sla = encode(&dict(&spec.sla))?;
+        let state = encode(&spec.state.clone().map_or(Value::None, Value::String))?;
+        let shared = encode(&Value::Bool(spec.shared))?;
+        let body = self
+            .post_form(
+                "requestComputerPartition",
+                &[
+                    ("software_release", spec.software_release.as_str()),
+                    ("partition_reference", spec.title.as_str()),
+                    ("partition_parameter_xml", parameters.as_str()),
+                    ("filter_xml", sla.as_str()),
+                    (
+                        "software_type",
+                        spec.software_type.as_deref().unwrap_or("default"),
+                    ),
+                    ("state", state.as_str()),
+                    ("shared_xml", shared.as_str()),
+                ],
+            )
+            .await?;
+        let answer = marshal::loads(&body).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        Ok(RequestedInstance {
+            state: string_of(answer.get("_requested_state")),
+            connection_parameters: string_map(answer.get("_connection_dict")),
+            parameters: string_map(answer.get("_parameter_dict")),
+            computer: string_of(answer.get("slap_computer_id")),
+            partition: string_of(answer.get("slap_computer_partition_id")),
+            instance_guid: string_of(answer.get("_instance_guid")),
+        })
+    }
+
+    /// Supplies a release to a computer (`available`) or removes it (`destroyed`).
+    pub async fn supply(&self, url: &str, computer: &str, state: &str) -> Result<()> {
+        self.post_form(
+            "supplySupply",
+            &[("url", url), ("computer_id", computer), ("state", state)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_instances(&self) -> Result<serde_json::Value> {
+        self.get_json("api/v1/instances?roots_only=true&limit=1000")
+            .await
+    }
+
+    pub async fn instance_by_title(&self, title: &str) -> Result<serde_json::Value> {
+        let encoded: String = form_urlencoded::byte_serialize(title.as_bytes()).collect();
+        self.get_json(&format!(
+            "api/v1/instances/by-title/{}",
+            encoded.replace('+', "%20")
+        ))
+        .await
+    }
+
+    pub async fn list_computers(&self) -> Result<serde_json::Value> {
+        self.get_json("api/v1/computers").await
+    }
+
+    pub async fn computer(&self, reference: &str) -> Result<serde_json::Value> {
+        let encoded: String = form_urlencoded::byte_serialize(reference.as_bytes()).collect();
+        self.get_json(&format!("api/v1/computers/{}", encoded.replace('+', "%20")))
+            .await
+    }
+}
+
+fn first_line(body: &str) -> String {
+    let line = body
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    line.chars().take(500).collect()
+}

@@ -1,1 +1,14 @@
-//! slapos-master
+//! The SlapOS master: the engine that keeps computers, software and
+//! instances, and the HTTP interfaces that expose it (legacy SLAP protocol,
+//! JSON API). `slapos proxy` and `slapos master` both run this crate.
+
+pub mod api;
+pub mod engine;
+pub mod error;
+pub mod legacy;
+pub mod server;
+pub mod views;
+
+pub use engine::EngineConfig;
+pub use error::MasterError;
+pub use server::{serve, AppState, MasterConfig};

@@ -1,0 +1,633 @@
+//! The REST+JSON API (`/api/v1/...`, and the seed's `POST
+//! /software_instance_module/`), described by the OpenAPI document served at
+//! `/api/v1/openapi.json`. Same engine as the legacy protocol.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use slapos_core::{InstanceState, Sla, SoftwareState, DEFAULT_SOFTWARE_TYPE};
+use slapos_proto::marshal::Value;
+use slapos_store::queries::{self as q, Address, InstanceRow};
+use slapos_store::Db;
+
+use crate::engine::{self, RequestInput, Requester};
+use crate::error::MasterError;
+use crate::server::AppState;
+
+const OPENAPI: &str = include_str!("../openapi.json");
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1", get(index))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/computers", get(list_computers))
+        .route("/api/v1/computers/{reference}", get(get_computer))
+        .route(
+            "/api/v1/computers/{reference}/attributes",
+            put(set_attributes),
+        )
+        .route(
+            "/api/v1/computers/{reference}/software",
+            get(list_software).post(supply),
+        )
+        .route("/api/v1/computers/{reference}/bang", post(computer_bang))
+        .route(
+            "/api/v1/instances",
+            get(list_instances).post(request_instance),
+        )
+        .route("/api/v1/instances/{id}", get(get_instance))
+        .route(
+            "/api/v1/instances/by-title/{title}",
+            get(get_instance_by_title),
+        )
+        .route("/api/v1/instances/{id}/state", put(set_state))
+        .route("/api/v1/instances/{id}/events", get(instance_events))
+        .route("/api/v1/events", get(list_events))
+        .route("/software_instance_module/", post(seed_request))
+}
+
+/// A JSON error: `{"status": 404, "error": "..."}`.
+pub struct ApiError(MasterError);
+
+impl<E: Into<MasterError>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "API request failed");
+        }
+        (
+            status,
+            Json(json!({"status": status.as_u16(), "error": self.0.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn read<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
+where
+    F: FnOnce(&mut dyn Db) -> Result<T, MasterError> + Send + 'static,
+    T: Send + 'static,
+{
+    state.store.read(job).await
+}
+
+async fn index() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "slapos-rs master",
+        "version": env!("CARGO_PKG_VERSION"),
+        "links": {
+            "openapi": "/api/v1/openapi.json",
+            "computers": "/api/v1/computers",
+            "instances": "/api/v1/instances",
+            "events": "/api/v1/events",
+        }
+    }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+// ------------------------------------------------------------------ computers
+
+#[derive(Serialize)]
+struct ComputerJson {
+    reference: String,
+    address: Option<String>,
+    netmask: Option<String>,
+    attributes: BTreeMap<String, String>,
+    partitions_total: i64,
+    partitions_free: i64,
+    last_contact: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct PartitionJson {
+    reference: String,
+    free: bool,
+    instance_id: Option<i64>,
+    instance_title: Option<String>,
+    addresses: Vec<Address>,
+}
+
+#[derive(Serialize)]
+struct SoftwareJson {
+    url: String,
+    requested_state: String,
+    reported_state: Option<String>,
+    error_log: Option<String>,
+    updated_at: i64,
+}
+
+fn computer_json(db: &mut dyn Db, c: q::ComputerRow) -> Result<ComputerJson, MasterError> {
+    let (free, total) = q::partition_counts(db, c.id)?;
+    Ok(ComputerJson {
+        reference: c.reference,
+        address: c.address,
+        netmask: c.netmask,
+        attributes: c.attributes,
+        partitions_total: total,
+        partitions_free: free,
+        last_contact: c.last_contact,
+    })
+}
+
+fn software_json(rows: Vec<q::SoftwareRow>) -> Vec<SoftwareJson> {
+    rows.into_iter()
+        .map(|s| SoftwareJson {
+            url: s.url,
+            requested_state: s.requested_state,
+            reported_state: s.reported_state,
+            error_log: s.error_log,
+            updated_at: s.updated_at,
+        })
+        .collect()
+}
+
+async fn list_computers(State(state): State<AppState>) -> ApiResult<Json<Vec<ComputerJson>>> {
+    let list = read(&state, |db| {
+        q::list_computers(db)?
+            .into_iter()
+            .map(|c| computer_json(db, c))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+async fn get_computer(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let value = read(&state, move |db| {
+        let c = engine::computer(db, &reference)?;
+        let id = c.id;
+        let software = software_json(q::software_of(db, id)?);
+        let partitions: Vec<PartitionJson> = q::partitions_with_instances(db, id)?
+            .into_iter()
+            .map(|(p, i)| PartitionJson {
+                reference: p.reference,
+                free: p.instance_id.is_none(),
+                instance_id: i.as_ref().map(|i| i.id),
+                instance_title: i.map(|i| i.title),
+                addresses: p.addresses,
+            })
+            .collect();
+        let computer = computer_json(db, c)?;
+        Ok(json!({"computer": computer, "partitions": partitions, "software": software}))
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+async fn set_attributes(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    Json(attributes): Json<BTreeMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .write(move |db| {
+            let c = engine::computer(db, &reference)?;
+            q::set_computer_attributes(db, c.id, &attributes)?;
+            Ok::<_, MasterError>(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_software(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> ApiResult<Json<Vec<SoftwareJson>>> {
+    let rows = read(&state, move |db| {
+        let c = engine::computer(db, &reference)?;
+        Ok(q::software_of(db, c.id)?)
+    })
+    .await?;
+    Ok(Json(software_json(rows)))
+}
+
+#[derive(Deserialize)]
+struct SupplyBody {
+    url: String,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn supply(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    Json(body): Json<SupplyBody>,
+) -> ApiResult<StatusCode> {
+    let software_state: SoftwareState = body.state.as_deref().unwrap_or("available").parse()?;
+    state
+        .store
+        .write(move |db| engine::supply(db, &reference, &body.url, software_state))
+        .await?;
+    state.notify_change();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct MessageBody {
+    #[serde(default)]
+    message: String,
+}
+
+async fn computer_bang(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    body: Option<Json<MessageBody>>,
+) -> ApiResult<StatusCode> {
+    let message = body.map(|b| b.0.message).unwrap_or_default();
+    state
+        .store
+        .write(move |db| engine::computer_bang(db, &reference, &message))
+        .await?;
+    state.notify_change();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ instances
+
+#[derive(Serialize)]
+pub struct InstanceJson {
+    pub id: i64,
+    pub title: String,
+    pub software_release: String,
+    pub software_type: String,
+    pub shared: bool,
+    pub requested_state: String,
+    pub reported_state: Option<String>,
+    pub status_message: Option<String>,
+    pub parameters: BTreeMap<String, Option<String>>,
+    pub connection_parameters: BTreeMap<String, Option<String>>,
+    pub sla: BTreeMap<String, String>,
+    pub computer: Option<String>,
+    pub partition: Option<String>,
+    pub ip_list: Vec<(String, String)>,
+    pub root_instance_id: i64,
+    pub requester_instance_id: Option<i64>,
+    pub host_instance_id: Option<i64>,
+    pub timestamp: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn instance_json(db: &mut dyn Db, row: InstanceRow) -> Result<InstanceJson, MasterError> {
+    let partition_id = if row.shared {
+        row.host_id
+            .map(|h| q::instance_by_id(db, h))
+            .transpose()?
+            .flatten()
+            .and_then(|h| h.partition_id)
+    } else {
+        row.partition_id
+    };
+    let partition = partition_id
+        .map(|id| q::partition_by_id(db, id))
+        .transpose()?
+        .flatten();
+    let computer = match &partition {
+        Some(p) => q::computer_by_id(db, p.computer_id)?.map(|c| c.reference),
+        None => None,
+    };
+    let parameters = engine::stringify(&engine::decode_parameters(&row.parameters)?)
+        .into_iter()
+        .collect();
+    Ok(InstanceJson {
+        id: row.id,
+        root_instance_id: row.root_id(),
+        title: row.title.clone(),
+        software_release: row.software_release.clone(),
+        software_type: row.software_type.clone(),
+        shared: row.shared,
+        requested_state: row.requested_state.clone(),
+        reported_state: row.reported_state.clone(),
+        status_message: row.status_message.clone(),
+        parameters,
+        connection_parameters: engine::connection_of(&row).into_iter().collect(),
+        sla: engine::sla_of(&row),
+        ip_list: partition
+            .as_ref()
+            .map(|p| {
+                p.addresses
+                    .iter()
+                    .map(|a| (a.interface.clone(), a.addr.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        partition: partition.map(|p| p.reference),
+        computer,
+        requester_instance_id: row.requester_id,
+        host_instance_id: row.host_id,
+        timestamp: row.timestamp,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    roots_only: bool,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+async fn list_instances(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Vec<InstanceJson>>> {
+    let limit = query.limit.clamp(1, 1000);
+    let list = read(&state, move |db| {
+        q::list_instances(db, query.roots_only, query.after, limit)?
+            .into_iter()
+            .map(|row| instance_json(db, row))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+async fn get_instance(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let value = read(&state, move |db| {
+        let row = q::instance_by_id(db, id)?
+            .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
+        instance_with_tree(db, row)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+async fn get_instance_by_title(
+    State(state): State<AppState>,
+    Path(title): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let value = read(&state, move |db| {
+        let row = match q::instance_by_title(db, 0, false, &title)? {
+            Some(r) => r,
+            None => q::instance_by_title(db, 0, true, &title)?
+                .ok_or_else(|| MasterError::NotFound(format!("No instance titled {title:?}")))?,
+        };
+        instance_with_tree(db, row)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+fn instance_with_tree(db: &mut dyn Db, row: InstanceRow) -> Result<serde_json::Value, MasterError> {
+    let children: Vec<_> = q::instances_requested_by(db, row.id)?
+        .into_iter()
+        .map(|c| json!({"id": c.id, "title": c.title, "shared": c.shared, "requested_state": c.requested_state}))
+        .collect();
+    let hosted: Vec<_> = q::shared_hosted_by(db, row.id)?
+        .into_iter()
+        .map(|c| json!({"id": c.id, "title": c.title, "requested_state": c.requested_state}))
+        .collect();
+    let mut value = serde_json::to_value(instance_json(db, row)?).unwrap_or_default();
+    value["children"] = json!(children);
+    value["hosted_shared_instances"] = json!(hosted);
+    Ok(value)
+}
+
+#[derive(Deserialize)]
+struct RequestBody {
+    software_release: String,
+    title: String,
+    #[serde(default)]
+    software_type: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    sla: BTreeMap<String, String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    shared: bool,
+}
+
+/// JSON values become marshal values; nested structures travel as JSON text.
+fn json_to_value(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::None,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(s) => Value::String(s),
+        other => Value::String(other.to_string()),
+    }
+}
+
+async fn do_request(
+    state: &AppState,
+    body: RequestBody,
+) -> ApiResult<(StatusCode, Json<InstanceJson>)> {
+    let requested_state = body
+        .state
+        .as_deref()
+        .map(str::parse::<InstanceState>)
+        .transpose()?;
+    let input = RequestInput {
+        software_release: body.software_release,
+        title: body.title,
+        software_type: body
+            .software_type
+            .unwrap_or_else(|| DEFAULT_SOFTWARE_TYPE.to_string()),
+        parameters: body
+            .parameters
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+        sla: Sla::from_pairs(body.sla),
+        state: requested_state,
+        shared: body.shared,
+        requester: Requester::User,
+    };
+    let config = state.engine.clone();
+    let store = state.store.clone();
+    let instance = store
+        .write(move |db| {
+            let outcome = engine::request(db, &config, &input)?;
+            instance_json(db, outcome.instance)
+        })
+        .await?;
+    state.notify_change();
+    Ok((StatusCode::OK, Json(instance)))
+}
+
+async fn request_instance(
+    State(state): State<AppState>,
+    Json(body): Json<RequestBody>,
+) -> ApiResult<(StatusCode, Json<InstanceJson>)> {
+    do_request(&state, body).await
+}
+
+/// The seed document's `POST /software_instance_module/` with
+/// `{"software_release", "instance_id", "instance_type"}`.
+#[derive(Deserialize)]
+struct SeedRequest {
+    software_release: String,
+    instance_id: String,
+    #[serde(default)]
+    instance_type: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    sla: BTreeMap<String, String>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn seed_request(
+    State(state): State<AppState>,
+    Json(body): Json<SeedRequest>,
+) -> ApiResult<(StatusCode, Json<InstanceJson>)> {
+    do_request(
+        &state,
+        RequestBody {
+            software_release: body.software_release,
+            title: body.instance_id,
+            software_type: body.instance_type,
+            parameters: body.parameters,
+            sla: body.sla,
+            state: body.state,
+            shared: false,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct StateBody {
+    state: String,
+}
+
+/// Changes the requested state of a root instance, keeping everything else.
+async fn set_state(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<StateBody>,
+) -> ApiResult<Json<InstanceJson>> {
+    let new_state: InstanceState = body.state.parse()?;
+    let config = state.engine.clone();
+    let instance = state
+        .store
+        .write(move |db| {
+            let row = q::instance_by_id(db, id)?
+                .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
+            if row.tree_id != 0 {
+                return Err(MasterError::Conflict(
+                    "only a root instance's state can be changed; its requester manages the others"
+                        .into(),
+                ));
+            }
+            let input = RequestInput {
+                software_release: row.software_release.clone(),
+                title: row.title.clone(),
+                software_type: row.software_type.clone(),
+                parameters: engine::decode_parameters(&row.parameters)?,
+                sla: Sla::from_pairs(engine::sla_of(&row)),
+                state: Some(new_state),
+                shared: row.shared,
+                requester: Requester::User,
+            };
+            let outcome = engine::request(db, &config, &input)?;
+            instance_json(db, outcome.instance)
+        })
+        .await?;
+    state.notify_change();
+    Ok(Json(instance))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    #[serde(default)]
+    before: Option<i64>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    Query(query): Query<EventQuery>,
+) -> ApiResult<Json<Vec<q::EventRow>>> {
+    let limit = query.limit.clamp(1, 1000);
+    let before = query.before.unwrap_or(i64::MAX);
+    Ok(Json(
+        read(&state, move |db| {
+            Ok(q::list_events(db, None, before, limit)?)
+        })
+        .await?,
+    ))
+}
+
+async fn instance_events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(query): Query<EventQuery>,
+) -> ApiResult<Json<Vec<q::EventRow>>> {
+    let limit = query.limit.clamp(1, 1000);
+    let before = query.before.unwrap_or(i64::MAX);
+    Ok(Json(
+        read(&state, move |db| {
+            Ok(q::list_events(db, Some(id), before, limit)?)
+        })
+        .await?,
+    ))
+}
+
+/// Addresses of every partition of the tree a partition belongs to.
+pub fn tree_addresses(
+    db: &mut dyn Db,
+    computer: &str,
+    partition: &str,
+) -> Result<Vec<Address>, MasterError> {
+    let c = engine::computer(db, computer)?;
+    let p = engine::partition(db, &c, partition)?;
+    let instance = q::instance_on_partition(db, p.id)?.ok_or_else(|| {
+        MasterError::NotFound(format!("Partition {partition:?} holds no instance"))
+    })?;
+    let root_id = instance.root_id();
+    let mut members = q::tree_members(db, root_id)?;
+    if let Some(root) = q::instance_by_id(db, root_id)? {
+        members.insert(0, root);
+    }
+    let mut out = Vec::new();
+    for m in members {
+        if let Some(pid) = m.partition_id {
+            if let Some(p) = q::partition_by_id(db, pid)? {
+                out.extend(p.addresses);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,711 @@
+//! Typed reads and writes over [`Db`]: the only place that knows the schema.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, Dialect, Param, Row};
+use crate::StoreError;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A registered computer (node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputerRow {
+    pub id: i64,
+    pub reference: String,
+    pub address: Option<String>,
+    pub netmask: Option<String>,
+    /// Placement attributes matched by request SLAs (`country`, `hardware`...).
+    pub attributes: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub last_contact: Option<i64>,
+}
+
+/// One address of a partition, as `slapos node format` registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub interface: String,
+    pub addr: String,
+    pub netmask: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionRow {
+    pub id: i64,
+    pub computer_id: i64,
+    pub reference: String,
+    /// The instance deployed there; `None` when the partition is free.
+    pub instance_id: Option<i64>,
+    pub addresses: Vec<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftwareRow {
+    pub computer_id: i64,
+    pub url: String,
+    pub requested_state: String,
+    pub reported_state: Option<String>,
+    pub error_log: Option<String>,
+    pub supply_seq: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    pub id: i64,
+    pub title: String,
+    /// Id of the root instance of the tree; 0 for a root (requested by a user).
+    pub tree_id: i64,
+    /// Instance that requested this one; `None` when a user did.
+    pub requester_id: Option<i64>,
+    pub software_release: String,
+    pub software_type: String,
+    pub shared: bool,
+    /// The request's parameters, as the marshalled dictionary received.
+    pub parameters: String,
+    /// The request's SLA, as a JSON object of strings.
+    pub sla: String,
+    pub requested_state: String,
+    pub partition_id: Option<i64>,
+    /// For a shared instance, the instance that hosts it.
+    pub host_id: Option<i64>,
+    /// Published connection parameters, as parameter XML.
+    pub connection_xml: Option<String>,
+    /// Changes whenever the node must reprocess the instance (microseconds).
+    pub timestamp: i64,
+    pub reported_state: Option<String>,
+    pub reported_at: Option<i64>,
+    pub status_message: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl InstanceRow {
+    /// Id of the tree's root (itself for a root).
+    pub fn root_id(&self) -> i64 {
+        if self.tree_id == 0 {
+            self.id
+        } else {
+            self.tree_id
+        }
+    }
+}
+
+// ---------------------------------------------------------------- computers
+
+const COMPUTER_COLUMNS: &str =
+    "id, reference, address, netmask, attributes, created_at, last_contact";
+
+fn computer_from(r: &Row) -> Result<ComputerRow> {
+    Ok(ComputerRow {
+        id: r.int(0)?,
+        reference: r.text(1)?,
+        address: r.opt_text(2)?,
+        netmask: r.opt_text(3)?,
+        attributes: serde_json::from_str(&r.text(4)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        created_at: r.int(5)?,
+        last_contact: r.opt_int(6)?,
+    })
+}
+
+pub fn computer_by_reference(db: &mut dyn Db, reference: &str) -> Result<Option<ComputerRow>> {
+    let sql = format!("SELECT {COMPUTER_COLUMNS} FROM computer WHERE reference = $1");
+    db.query_opt(&sql, &[reference.into()])?
+        .as_ref()
+        .map(computer_from)
+        .transpose()
+}
+
+pub fn computer_by_id(db: &mut dyn Db, id: i64) -> Result<Option<ComputerRow>> {
+    let sql = format!("SELECT {COMPUTER_COLUMNS} FROM computer WHERE id = $1");
+    db.query_opt(&sql, &[id.into()])?
+        .as_ref()
+        .map(computer_from)
+        .transpose()
+}
+
+pub fn list_computers(db: &mut dyn Db) -> Result<Vec<ComputerRow>> {
+    let sql = format!("SELECT {COMPUTER_COLUMNS} FROM computer ORDER BY reference");
+    db.query(&sql, &[])?.iter().map(computer_from).collect()
+}
+
+/// Creates the computer if needed and records its address; returns its id.
+pub fn upsert_computer(
+    db: &mut dyn Db,
+    reference: &str,
+    address: Option<&str>,
+    netmask: Option<&str>,
+    now: i64,
+) -> Result<i64> {
+    let row = db.query_opt(
+        "INSERT INTO computer (reference, address, netmask, created_at, last_contact) VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (reference) DO UPDATE SET address = excluded.address, netmask = excluded.netmask, last_contact = excluded.last_contact \
+         RETURNING id",
+        &[reference.into(), address.into(), netmask.into(), now.into()],
+    )?;
+    row.ok_or_else(|| StoreError::Corrupt("upsert returned no row".into()))?
+        .int(0)
+}
+
+pub fn set_computer_attributes(
+    db: &mut dyn Db,
+    id: i64,
+    attributes: &BTreeMap<String, String>,
+) -> Result<()> {
+    let json = serde_json::to_string(attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    db.execute(
+        "UPDATE computer SET attributes = $1 WHERE id = $2",
+        &[(&json).into(), id.into()],
+    )?;
+    Ok(())
+}
+
+pub fn touch_computer(db: &mut dyn Db, id: i64, now: i64) -> Result<()> {
+    db.execute(
+        "UPDATE computer SET last_contact = $1 WHERE id = $2",
+        &[now.into(), id.into()],
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- partitions
+
+const PARTITION_COLUMNS: &str = "id, computer_id, reference, instance_id, addresses";
+
+fn partition_from(r: &Row, at: usize) -> Result<PartitionRow> {
+    Ok(PartitionRow {
+        id: r.int(at)?,
+        computer_id: r.int(at + 1)?,
+        reference: r.text(at + 2)?,
+        instance_id: r.opt_int(at + 3)?,
+        addresses: serde_json::from_str(&r.text(at + 4)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
+}
+
+pub fn partitions_of(db: &mut dyn Db, computer_id: i64) -> Result<Vec<PartitionRow>> {
+    let sql =
+        format!("SELECT {PARTITION_COLUMNS} FROM partition WHERE computer_id = $1 ORDER BY id");
+    db.query(&sql, &[computer_id.into()])?
+        .iter()
+        .map(|r| partition_from(r, 0))
+        .collect()
+}
+
+pub fn partition_by_reference(
+    db: &mut dyn Db,
+    computer_id: i64,
+    reference: &str,
+) -> Result<Option<PartitionRow>> {
+    let sql = format!(
+        "SELECT {PARTITION_COLUMNS} FROM partition WHERE computer_id = $1 AND reference = $2"
+    );
+    db.query_opt(&sql, &[computer_id.into(), reference.into()])?
+        .map(|r| partition_from(&r, 0))
+        .transpose()
+}
+
+pub fn partition_by_id(db: &mut dyn Db, id: i64) -> Result<Option<PartitionRow>> {
+    let sql = format!("SELECT {PARTITION_COLUMNS} FROM partition WHERE id = $1");
+    db.query_opt(&sql, &[id.into()])?
+        .map(|r| partition_from(&r, 0))
+        .transpose()
+}
+
+/// Creates the partition or replaces its addresses; keeps its instance.
+pub fn upsert_partition(
+    db: &mut dyn Db,
+    computer_id: i64,
+    reference: &str,
+    addresses: &[Address],
+) -> Result<()> {
+    let json = serde_json::to_string(addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    db.execute(
+        "INSERT INTO partition (computer_id, reference, addresses) VALUES ($1, $2, $3) \
+         ON CONFLICT (computer_id, reference) DO UPDATE SET addresses = excluded.addresses",
+        &[computer_id.into(), reference.into(), (&json).into()],
+    )?;
+    Ok(())
+}
+
+pub fn delete_partition(db: &mut dyn Db, id: i64) -> Result<()> {
+    db.execute(
+        "DELETE FROM partition WHERE id = $1 AND instance_id IS NULL",
+        &[id.into()],
+    )?;
+    Ok(())
+}
+
+/// Takes the first free partition of a computer (format order). On
+/// PostgreSQL the row is locked and rows locked by a concurrent master are
+/// skipped, so two masters never take the same partition.
+pub fn claim_free_partition(
+    db: &mut dyn Db,
+    computer_id: i64,
+    instance_id: i64,
+) -> Result<Option<PartitionRow>> {
+    let sql = match db.dialect() {
+        Dialect::Sqlite => format!(
+            "SELECT {PARTITION_COLUMNS} FROM partition WHERE computer_id = $1 AND instance_id IS NULL ORDER BY id LIMIT 1"
+        ),
+        Dialect::Postgres => format!(
+            "SELECT {PARTITION_COLUMNS} FROM partition WHERE computer_id = $1 AND instance_id IS NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ),
+    };
+    let Some(mut partition) = db
+        .query_opt(&sql, &[computer_id.into()])?
+        .map(|r| partition_from(&r, 0))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let changed = db.execute(
+        "UPDATE partition SET instance_id = $1 WHERE id = $2 AND instance_id IS NULL",
+        &[instance_id.into(), partition.id.into()],
+    )?;
+    if changed != 1 {
+        return Ok(None);
+    }
+    partition.instance_id = Some(instance_id);
+    Ok(Some(partition))
+}
+
+pub fn release_partition(db: &mut dyn Db, partition_id: i64) -> Result<()> {
+    db.execute(
+        "UPDATE partition SET instance_id = NULL WHERE id = $1",
+        &[partition_id.into()],
+    )?;
+    Ok(())
+}
+
+/// Number of free and of all partitions of a computer.
+pub fn partition_counts(db: &mut dyn Db, computer_id: i64) -> Result<(i64, i64)> {
+    let row = db.query_opt(
+        "SELECT COUNT(*) - COUNT(instance_id), COUNT(*) FROM partition WHERE computer_id = $1",
+        &[computer_id.into()],
+    )?;
+    let row = row.ok_or_else(|| StoreError::Corrupt("count returned no row".into()))?;
+    Ok((row.int(0)?, row.int(1)?))
+}
+
+// ---------------------------------------------------------------- software
+
+const SOFTWARE_COLUMNS: &str =
+    "computer_id, url, requested_state, reported_state, error_log, supply_seq, updated_at";
+
+fn software_from(r: &Row) -> Result<SoftwareRow> {
+    Ok(SoftwareRow {
+        computer_id: r.int(0)?,
+        url: r.text(1)?,
+        requested_state: r.text(2)?,
+        reported_state: r.opt_text(3)?,
+        error_log: r.opt_text(4)?,
+        supply_seq: r.int(5)?,
+        updated_at: r.int(6)?,
+    })
+}
+
+/// Supplies (or asks to remove) a release; the list is kept in last-supply order.
+pub fn upsert_supply(
+    db: &mut dyn Db,
+    computer_id: i64,
+    url: &str,
+    state: &str,
+    now: i64,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO software_installation (computer_id, url, requested_state, supply_seq, updated_at) VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (computer_id, url) DO UPDATE SET requested_state = excluded.requested_state, \
+         supply_seq = excluded.supply_seq, updated_at = excluded.updated_at",
+        &[computer_id.into(), url.into(), state.into(), now.into()],
+    )?;
+    Ok(())
+}
+
+pub fn software_of(db: &mut dyn Db, computer_id: i64) -> Result<Vec<SoftwareRow>> {
+    let sql = format!("SELECT {SOFTWARE_COLUMNS} FROM software_installation WHERE computer_id = $1 ORDER BY supply_seq, url");
+    db.query(&sql, &[computer_id.into()])?
+        .iter()
+        .map(software_from)
+        .collect()
+}
+
+pub fn software_everywhere(db: &mut dyn Db) -> Result<Vec<(String, SoftwareRow)>> {
+    let sql = "SELECT c.reference, s.computer_id, s.url, s.requested_state, s.reported_state, s.error_log, s.supply_seq, s.updated_at \
+               FROM software_installation s JOIN computer c ON c.id = s.computer_id ORDER BY c.reference, s.supply_seq";
+    db.query(sql, &[])?
+        .iter()
+        .map(|r| {
+            let rest = Row(r.0[1..].to_vec());
+            Ok((r.text(0)?, software_from(&rest)?))
+        })
+        .collect()
+}
+
+/// Records what the node reported; returns false if the release is not supplied there.
+pub fn report_software(
+    db: &mut dyn Db,
+    computer_id: i64,
+    url: &str,
+    state: &str,
+    error_log: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let n = db.execute(
+        "UPDATE software_installation SET reported_state = $1, error_log = $2, updated_at = $3 WHERE computer_id = $4 AND url = $5",
+        &[state.into(), error_log.into(), now.into(), computer_id.into(), url.into()],
+    )?;
+    Ok(n > 0)
+}
+
+pub fn delete_software(db: &mut dyn Db, computer_id: i64, url: &str) -> Result<bool> {
+    let n = db.execute(
+        "DELETE FROM software_installation WHERE computer_id = $1 AND url = $2",
+        &[computer_id.into(), url.into()],
+    )?;
+    Ok(n > 0)
+}
+
+// ---------------------------------------------------------------- instances
+
+const INSTANCE_COLUMNS: &str = "i.id, i.title, i.tree_id, i.requester_id, i.software_release, i.software_type, i.shared, \
+     i.parameters, i.sla, i.requested_state, i.partition_id, i.host_id, i.connection_xml, i.timestamp, \
+     i.reported_state, i.reported_at, i.status_message, i.created_at, i.updated_at";
+const INSTANCE_WIDTH: usize = 19;
+
+fn instance_from(r: &Row, at: usize) -> Result<InstanceRow> {
+    Ok(InstanceRow {
+        id: r.int(at)?,
+        title: r.text(at + 1)?,
+        tree_id: r.int(at + 2)?,
+        requester_id: r.opt_int(at + 3)?,
+        software_release: r.text(at + 4)?,
+        software_type: r.text(at + 5)?,
+        shared: r.int(at + 6)? != 0,
+        parameters: r.text(at + 7)?,
+        sla: r.text(at + 8)?,
+        requested_state: r.text(at + 9)?,
+        partition_id: r.opt_int(at + 10)?,
+        host_id: r.opt_int(at + 11)?,
+        connection_xml: r.opt_text(at + 12)?,
+        timestamp: r.int(at + 13)?,
+        reported_state: r.opt_text(at + 14)?,
+        reported_at: r.opt_int(at + 15)?,
+        status_message: r.opt_text(at + 16)?,
+        created_at: r.int(at + 17)?,
+        updated_at: r.int(at + 18)?,
+    })
+}
+
+fn instances_where(
+    db: &mut dyn Db,
+    condition: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<InstanceRow>> {
+    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instance i WHERE i.archived_at IS NULL AND {condition} ORDER BY i.id");
+    db.query(&sql, params)?
+        .iter()
+        .map(|r| instance_from(r, 0))
+        .collect()
+}
+
+pub fn instance_by_id(db: &mut dyn Db, id: i64) -> Result<Option<InstanceRow>> {
+    Ok(instances_where(db, "i.id = $1", &[id.into()])?
+        .into_iter()
+        .next())
+}
+
+/// The live instance titled `title` in a tree (`tree_id` 0: among roots).
+pub fn instance_by_title(
+    db: &mut dyn Db,
+    tree_id: i64,
+    shared: bool,
+    title: &str,
+) -> Result<Option<InstanceRow>> {
+    Ok(instances_where(
+        db,
+        "i.tree_id = $1 AND i.shared = $2 AND i.title = $3",
+        &[tree_id.into(), shared.into(), title.into()],
+    )?
+    .into_iter()
+    .next())
+}
+
+pub fn instance_on_partition(db: &mut dyn Db, partition_id: i64) -> Result<Option<InstanceRow>> {
+    Ok(
+        instances_where(db, "i.partition_id = $1", &[partition_id.into()])?
+            .into_iter()
+            .next(),
+    )
+}
+
+/// Every live instance of a tree except its root.
+pub fn tree_members(db: &mut dyn Db, root_id: i64) -> Result<Vec<InstanceRow>> {
+    instances_where(db, "i.tree_id = $1", &[root_id.into()])
+}
+
+pub fn shared_hosted_by(db: &mut dyn Db, host_id: i64) -> Result<Vec<InstanceRow>> {
+    instances_where(db, "i.host_id = $1", &[host_id.into()])
+}
+
+pub fn instances_requested_by(db: &mut dyn Db, requester_id: i64) -> Result<Vec<InstanceRow>> {
+    instances_where(db, "i.requester_id = $1", &[requester_id.into()])
+}
+
+/// Live instances, optionally only roots, in id order after `after_id`.
+pub fn list_instances(
+    db: &mut dyn Db,
+    roots_only: bool,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<InstanceRow>> {
+    let condition = if roots_only {
+        "i.tree_id = 0 AND i.id > $1 LIMIT $2"
+    } else {
+        "i.id > $1 LIMIT $2"
+    };
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instance i WHERE i.archived_at IS NULL AND {} ",
+        condition.replace(" LIMIT", " ORDER BY i.id LIMIT")
+    );
+    db.query(&sql, &[after_id.into(), limit.into()])?
+        .iter()
+        .map(|r| instance_from(r, 0))
+        .collect()
+}
+
+/// A partition of a computer with the instance it holds, in format order:
+/// everything the node view of one computer needs, in one query.
+pub fn partitions_with_instances(
+    db: &mut dyn Db,
+    computer_id: i64,
+) -> Result<Vec<(PartitionRow, Option<InstanceRow>)>> {
+    let sql = format!(
+        "SELECT p.id, p.computer_id, p.reference, p.instance_id, p.addresses, {INSTANCE_COLUMNS} \
+         FROM partition p LEFT JOIN instance i ON i.id = p.instance_id WHERE p.computer_id = $1 ORDER BY p.id"
+    );
+    db.query(&sql, &[computer_id.into()])?
+        .iter()
+        .map(|r| {
+            let partition = partition_from(r, 0)?;
+            let instance =
+                if partition.instance_id.is_some() && r.0.get(5) != Some(&crate::Value::Null) {
+                    Some(instance_from(r, 5)?)
+                } else {
+                    None
+                };
+            Ok((partition, instance))
+        })
+        .collect()
+}
+
+/// Shared instances hosted on a computer's partitions, by host id.
+pub fn shared_on_computer(db: &mut dyn Db, computer_id: i64) -> Result<Vec<InstanceRow>> {
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instance i JOIN instance h ON h.id = i.host_id \
+         JOIN partition p ON p.id = h.partition_id \
+         WHERE p.computer_id = $1 AND i.archived_at IS NULL AND i.shared = 1 ORDER BY i.id"
+    );
+    debug_assert_eq!(INSTANCE_WIDTH, 19);
+    db.query(&sql, &[computer_id.into()])?
+        .iter()
+        .map(|r| instance_from(r, 0))
+        .collect()
+}
+
+/// Live non-shared instances that could host a shared instance.
+pub fn host_candidates(
+    db: &mut dyn Db,
+    computer_id: i64,
+    software_release: &str,
+    software_type: &str,
+) -> Result<Vec<InstanceRow>> {
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instance i JOIN partition p ON p.id = i.partition_id \
+         WHERE p.computer_id = $1 AND i.archived_at IS NULL AND i.shared = 0 \
+         AND i.software_release = $2 AND i.software_type = $3 ORDER BY p.id"
+    );
+    db.query(
+        &sql,
+        &[
+            computer_id.into(),
+            software_release.into(),
+            software_type.into(),
+        ],
+    )?
+    .iter()
+    .map(|r| instance_from(r, 0))
+    .collect()
+}
+
+/// Serialises concurrent requests of one title in one tree across masters
+/// (PostgreSQL advisory lock held until commit; a no-op on SQLite, whose
+/// single writer already serialises them).
+pub fn lock_title(db: &mut dyn Db, tree_id: i64, shared: bool, title: &str) -> Result<()> {
+    if db.dialect() == Dialect::Postgres {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (tree_id, shared, title).hash(&mut h);
+        db.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(h.finish() as i64).into()],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn insert_instance(db: &mut dyn Db, i: &InstanceRow) -> Result<i64> {
+    let row = db.query_opt(
+        "INSERT INTO instance (title, tree_id, requester_id, software_release, software_type, shared, parameters, sla, \
+         requested_state, partition_id, host_id, connection_xml, timestamp, reported_state, reported_at, status_message, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+        &[
+            (&i.title).into(),
+            i.tree_id.into(),
+            i.requester_id.into(),
+            (&i.software_release).into(),
+            (&i.software_type).into(),
+            i.shared.into(),
+            (&i.parameters).into(),
+            (&i.sla).into(),
+            (&i.requested_state).into(),
+            i.partition_id.into(),
+            i.host_id.into(),
+            (&i.connection_xml).into(),
+            i.timestamp.into(),
+            (&i.reported_state).into(),
+            i.reported_at.into(),
+            (&i.status_message).into(),
+            i.created_at.into(),
+            i.updated_at.into(),
+        ],
+    )?;
+    row.ok_or_else(|| StoreError::Corrupt("insert returned no row".into()))?
+        .int(0)
+}
+
+/// Writes back every mutable column of an instance.
+pub fn update_instance(db: &mut dyn Db, i: &InstanceRow) -> Result<()> {
+    db.execute(
+        "UPDATE instance SET title = $1, requester_id = $2, software_release = $3, software_type = $4, parameters = $5, \
+         sla = $6, requested_state = $7, partition_id = $8, host_id = $9, connection_xml = $10, timestamp = $11, \
+         reported_state = $12, reported_at = $13, status_message = $14, updated_at = $15 WHERE id = $16",
+        &[
+            (&i.title).into(),
+            i.requester_id.into(),
+            (&i.software_release).into(),
+            (&i.software_type).into(),
+            (&i.parameters).into(),
+            (&i.sla).into(),
+            (&i.requested_state).into(),
+            i.partition_id.into(),
+            i.host_id.into(),
+            (&i.connection_xml).into(),
+            i.timestamp.into(),
+            (&i.reported_state).into(),
+            i.reported_at.into(),
+            (&i.status_message).into(),
+            i.updated_at.into(),
+            i.id.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn set_timestamp(db: &mut dyn Db, id: i64, timestamp: i64) -> Result<()> {
+    db.execute(
+        "UPDATE instance SET timestamp = $1, updated_at = $1 WHERE id = $2",
+        &[timestamp.into(), id.into()],
+    )?;
+    Ok(())
+}
+
+/// Removes an instance from the live set (kept for history and accounting).
+pub fn archive_instance(db: &mut dyn Db, id: i64, now: i64) -> Result<()> {
+    db.execute(
+        "UPDATE instance SET archived_at = $1, partition_id = NULL, updated_at = $1 WHERE id = $2",
+        &[now.into(), id.into()],
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- events and usage
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub computer: Option<String>,
+    pub partition: Option<String>,
+    pub instance_id: Option<i64>,
+    pub message: String,
+}
+
+pub fn add_event(
+    db: &mut dyn Db,
+    at: i64,
+    kind: &str,
+    computer: Option<&str>,
+    partition: Option<&str>,
+    instance_id: Option<i64>,
+    message: &str,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO event (at, kind, computer, partition, instance_id, message) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[at.into(), kind.into(), computer.into(), partition.into(), instance_id.into(), message.into()],
+    )?;
+    Ok(())
+}
+
+fn event_from(r: &Row) -> Result<EventRow> {
+    Ok(EventRow {
+        id: r.int(0)?,
+        at: r.int(1)?,
+        kind: r.text(2)?,
+        computer: r.opt_text(3)?,
+        partition: r.opt_text(4)?,
+        instance_id: r.opt_int(5)?,
+        message: r.text(6)?,
+    })
+}
+
+/// Events newest first, optionally of one instance, with ids below `before_id`.
+pub fn list_events(
+    db: &mut dyn Db,
+    instance_id: Option<i64>,
+    before_id: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    let rows = match instance_id {
+        Some(id) => db.query(
+            "SELECT id, at, kind, computer, partition, instance_id, message FROM event WHERE instance_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            &[id.into(), before_id.into(), limit.into()],
+        )?,
+        None => db.query(
+            "SELECT id, at, kind, computer, partition, instance_id, message FROM event WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            &[before_id.into(), limit.into()],
+        )?,
+    };
+    rows.iter().map(event_from).collect()
+}
+
+pub fn add_usage_report(db: &mut dyn Db, computer_id: i64, now: i64, body: &str) -> Result<()> {
+    db.execute(
+        "INSERT INTO usage_report (computer_id, received_at, body) VALUES ($1, $2, $3)",
+        &[computer_id.into(), now.into(), body.into()],
+    )?;
+    Ok(())
+}
+
+pub fn count_usage_reports(db: &mut dyn Db, computer_id: i64) -> Result<i64> {
+    db.query_opt(
+        "SELECT COUNT(*) FROM usage_report WHERE computer_id = $1",
+        &[computer_id.into()],
+    )?
+    .map(|r| r.int(0))
+    .transpose()
+    .map(|v| v.unwrap_or(0))
+}

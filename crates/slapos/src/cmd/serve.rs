@@ -1,0 +1,103 @@
+//! `slapos proxy start` and `slapos master`: the same engine, configured for
+//! one user on one machine (proxy) or for many nodes (master).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use slapos_master::{EngineConfig, MasterConfig};
+use slapos_store::{Store, StoreOptions};
+
+use crate::config::SlaposConfig;
+
+pub struct ServeOptions {
+    pub cfg: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub database_uri: Option<String>,
+    /// Proxy mode: requests without `computer_guid` go to `[slapos] computer_id`.
+    pub proxy: bool,
+}
+
+pub async fn run(options: ServeOptions) -> Result<()> {
+    let config = match &options.cfg {
+        Some(path) => Some(SlaposConfig::load(path)?),
+        None => None,
+    };
+    let section = if options.proxy {
+        "slapproxy"
+    } else {
+        "slapmaster"
+    };
+    let get = |key: &str| -> Option<String> {
+        config
+            .as_ref()
+            .and_then(|c| c.first(&[(section, key), ("slapproxy", key), ("slapos", key)]))
+    };
+    let host = options
+        .host
+        .clone()
+        .or_else(|| get("host"))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = match options.port {
+        Some(p) => p,
+        None => get("port")
+            .map(|p| p.parse().context("port must be a number"))
+            .transpose()?
+            .unwrap_or(8080),
+    };
+    let database_uri = options
+        .database_uri
+        .clone()
+        .or_else(|| get("database_uri"))
+        .context("no database: set database_uri in the configuration or pass --database-uri")?;
+    let default_computer = if options.proxy {
+        config.as_ref().and_then(|c| c.get("slapos", "computer_id"))
+    } else {
+        None
+    };
+    let software_products = config.as_ref().map(|c| c.aliases()).unwrap_or_default();
+
+    let store = {
+        let uri = database_uri.clone();
+        tokio::task::spawn_blocking(move || Store::open(&uri, &StoreOptions::default()))
+            .await?
+            .with_context(|| format!("cannot open the database {database_uri}"))?
+    };
+    let master_config = MasterConfig {
+        engine: EngineConfig { default_computer },
+        software_products,
+        ..MasterConfig::default()
+    };
+    let address = format!("{}:{port}", host.trim_matches(['[', ']']));
+    let listener = tokio::net::TcpListener::bind(if host.contains(':') {
+        format!("[{}]:{port}", host.trim_matches(['[', ']']))
+    } else {
+        address.clone()
+    })
+    .await
+    .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, database = %database_uri, "master listening");
+    slapos_master::serve(listener, store, master_config, shutdown_signal()).await?;
+    tracing::info!("master stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,108 @@
+//! `slapos.cfg`, read as the reference reads it (Python configparser):
+//! `[slapos]` master_url, computer_id, software_root, instance_root;
+//! `[slapproxy]` host, port, database_uri, software_product_list;
+//! `[slapconsole]` alias lines `name URL`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use configparser::ini::Ini;
+
+pub struct SlaposConfig {
+    pub path: PathBuf,
+    ini: Ini,
+}
+
+impl SlaposConfig {
+    pub fn load(path: &Path) -> Result<SlaposConfig> {
+        let mut ini = Ini::new_cs();
+        ini.set_multiline(true);
+        ini.load(path)
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        Ok(SlaposConfig {
+            path: path.to_path_buf(),
+            ini,
+        })
+    }
+
+    /// A value, with `~` expanded; empty values count as absent.
+    pub fn get(&self, section: &str, key: &str) -> Option<String> {
+        let value = self.ini.get(section, key)?;
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            return None;
+        }
+        if let Some(rest) = value.strip_prefix("~/") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return Some(Path::new(&home).join(rest).to_string_lossy().into_owned());
+            }
+        }
+        Some(value)
+    }
+
+    /// The first of several places a key may be set.
+    pub fn first(&self, places: &[(&str, &str)]) -> Option<String> {
+        places.iter().find_map(|(s, k)| self.get(s, k))
+    }
+
+    /// `name URL` lines of a multi-line value.
+    pub fn pairs(&self, section: &str, key: &str) -> Vec<(String, String)> {
+        self.get(section, key)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some(name), Some(url)) => Some((name.to_string(), url.to_string())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    pub fn master_url(&self) -> Result<String> {
+        match self.get("slapos", "master_url") {
+            Some(url) => Ok(url),
+            None => bail!("{}: [slapos] master_url is not set", self.path.display()),
+        }
+    }
+
+    /// Software aliases usable in place of a URL: `[slapconsole] alias`
+    /// lines and `[slapproxy] software_product_list`.
+    pub fn aliases(&self) -> Vec<(String, String)> {
+        let mut all = self.pairs("slapconsole", "alias");
+        all.extend(self.pairs("slapproxy", "software_product_list"));
+        all
+    }
+}
+
+/// `--cfg`, else `$SLAPOS_CLIENT_CONFIGURATION` / `$SLAPOS_CONFIGURATION`,
+/// else the reference's default locations.
+pub fn locate(explicit: Option<&Path>, client: bool) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let env = if client {
+        "SLAPOS_CLIENT_CONFIGURATION"
+    } else {
+        "SLAPOS_CONFIGURATION"
+    };
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let candidates: Vec<PathBuf> = if client {
+        let mut c = vec![];
+        if let Some(home) = std::env::var_os("HOME") {
+            c.push(Path::new(&home).join(".slapos/slapos-client.cfg"));
+        }
+        c.push(PathBuf::from("/etc/opt/slapos/slapos.cfg"));
+        c
+    } else {
+        vec![PathBuf::from("/etc/opt/slapos/slapos.cfg")]
+    };
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .with_context(|| format!("no configuration: pass --cfg FILE or set {env}"))
+}
