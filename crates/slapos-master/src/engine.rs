@@ -897,8 +897,19 @@ pub fn set_connection(
         Some(r) => hosted_shared(db, &host, r)?,
         None => host,
     };
-    let stringified = stringify(connection);
-    let xml = params::dict2xml(stringified.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
+    // Stored as the reference stores it: str() of each value, so an empty
+    // string reads back as None and None as "None".
+    let mut stringified: Vec<(String, String)> = connection
+        .iter()
+        .map(|(k, v)| (k.clone(), python_str(v)))
+        .collect();
+    stringified.sort();
+    stringified.dedup_by(|a, b| a.0 == b.0);
+    let xml = params::dict2xml(
+        stringified
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+    );
     if target.connection_xml.as_deref() == Some(xml.as_str()) {
         return Ok(());
     }

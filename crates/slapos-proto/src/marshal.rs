@@ -731,11 +731,11 @@ impl Decoder<'_, '_> {
                 Event::Comment(_) => {}
                 Event::Start(e) => {
                     let name = element_name(&ns, &e, self.input, pos)?;
-                    self.start(&name, &e, pos)?;
+                    self.start(name, &e, pos)?;
                 }
                 Event::Empty(e) => {
                     let name = element_name(&ns, &e, self.input, pos)?;
-                    self.start(&name, &e, pos)?;
+                    self.start(name, &e, pos)?;
                     self.end(pos)?;
                 }
                 Event::End(_) => self.end(pos)?,
@@ -851,12 +851,14 @@ impl Decoder<'_, '_> {
                     pos,
                 ))
             }
-            Frame::Object { children, .. } if *children >= 2 => return Err(self.invalid(
-                format!(
+            Frame::Object { children, .. } if *children >= 2 => {
+                return Err(self.invalid(
+                    format!(
                     "<object> holds a <tuple> and a <dictionary> only, found <{name}> after them"
                 ),
-                pos,
-            )),
+                    pos,
+                ))
+            }
             _ => {}
         }
         let frame = match name {
@@ -867,9 +869,9 @@ impl Decoder<'_, '_> {
             "bool" => Frame::Scalar(Scalar::Bool, String::new()),
             "none" => Frame::Scalar(Scalar::None, String::new()),
             "tuple" => Frame::Tuple(Vec::new()),
-            "list" => Frame::List(self.attrs(e, pos)?.id, Vec::new()),
-            "set" => Frame::Set(self.attrs(e, pos)?.id, Vec::new()),
-            "dictionary" => Frame::Dict(self.attrs(e, pos)?.id, Vec::new()),
+            "list" => Frame::List(self.target_id(e, pos)?, Vec::new()),
+            "set" => Frame::Set(self.target_id(e, pos)?, Vec::new()),
+            "dictionary" => Frame::Dict(self.target_id(e, pos)?, Vec::new()),
             "object" => self.object_frame(e, pos)?,
             "reference" => Frame::Reference(self.resolve(e, pos)?),
             "marshal" => {
@@ -896,6 +898,15 @@ impl Decoder<'_, '_> {
         }
         self.stack.push(frame);
         Ok(())
+    }
+
+    /// The id of a container, when some `<reference>` may point to it
+    /// (attributes are not even parsed otherwise).
+    fn target_id(&self, e: &BytesStart<'_>, pos: u64) -> Result<Option<String>, DecodeError> {
+        if self.wanted.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.attrs(e, pos)?.id.filter(|id| self.wanted.contains(id)))
     }
 
     fn attrs(&self, e: &BytesStart<'_>, pos: u64) -> Result<Attrs, DecodeError> {
@@ -935,7 +946,7 @@ impl Decoder<'_, '_> {
             }
         };
         Ok(Frame::Object {
-            id: attrs.id,
+            id: attrs.id.filter(|id| self.wanted.contains(id)),
             class,
             init_args: None,
             attrs: None,
@@ -1003,10 +1014,9 @@ impl Decoder<'_, '_> {
             } => self.object(class, init_args, attrs, pos)?,
             Frame::Reference(v) => v,
         };
+        // Frames only carry ids that some `<reference>` points to.
         if let Some(id) = id {
-            if self.wanted.contains(&id) {
-                self.store(id, &value, pos)?;
-            }
+            self.store(id, &value, pos)?;
         }
         self.deliver(value, pos)
     }
@@ -1172,13 +1182,13 @@ impl Decoder<'_, '_> {
 
 /// The local name of an element, if it is in no namespace or in the
 /// marshaller namespace.
-fn element_name(
+fn element_name<'e>(
     ns: &ResolveResult<'_>,
-    e: &BytesStart<'_>,
+    e: &'e BytesStart<'_>,
     input: &Input<'_>,
     pos: u64,
-) -> Result<String, DecodeError> {
-    let local = e.local_name().as_ref().to_owned();
+) -> Result<&'e str, DecodeError> {
+    let local: &'e str = e.local_name().into_inner();
     match ns {
         ResolveResult::Unbound => Ok(local),
         ResolveResult::Bound(n) if n.as_ref() == MARSHAL_NS => Ok(local),
@@ -1264,6 +1274,15 @@ fn measure(v: &Value) -> (usize, usize) {
 fn dedup<T>(items: &mut Vec<T>, key: impl Fn(&T) -> &Value, merge: impl Fn(&mut T, T)) {
     const SMALL: usize = 16;
     if items.len() < 2 {
+        return;
+    }
+    // Documents written by `dumps` have string keys in strictly increasing
+    // order: no duplicate is possible.
+    let strictly_sorted_strings = items.windows(2).all(|w| match (key(&w[0]), key(&w[1])) {
+        (Value::String(a), Value::String(b)) => a < b,
+        _ => false,
+    });
+    if strictly_sorted_strings {
         return;
     }
     let mut out: Vec<T> = Vec::with_capacity(items.len());
