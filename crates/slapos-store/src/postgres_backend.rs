@@ -43,7 +43,18 @@ impl r2d2::ManageConnection for Manager {
 }
 
 pub(crate) struct PgStore {
-    pool: r2d2::Pool<Manager>,
+    /// Always `Some` until dropped.
+    pool: Option<r2d2::Pool<Manager>>,
+}
+
+impl Drop for PgStore {
+    /// Each connection owns a small runtime that must not be dropped on an
+    /// async worker thread: close them on a plain thread.
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
 }
 
 impl PgStore {
@@ -55,8 +66,8 @@ impl PgStore {
             .max_size(options.pool_size.max(2))
             .connection_timeout(std::time::Duration::from_secs(15))
             .build(Manager { config })?;
-        let store = PgStore { pool };
-        let mut conn = store.pool.get()?;
+        let store = PgStore { pool: Some(pool) };
+        let mut conn = store.pool().get()?;
         // Two masters starting at once must not both migrate.
         conn.client
             .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7270617);")?;
@@ -77,6 +88,10 @@ impl PgStore {
         Ok(store)
     }
 
+    fn pool(&self) -> &r2d2::Pool<Manager> {
+        self.pool.as_ref().expect("pool present until drop")
+    }
+
     pub(crate) async fn write<T, E, F>(&self, backend: Arc<Backend>, mut job: F) -> Result<T, E>
     where
         F: FnMut(&mut dyn Db) -> Result<T, E> + Send + 'static,
@@ -88,7 +103,7 @@ impl PgStore {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let mut conn = store.pool.get().map_err(StoreError::from)?;
+                let mut conn = store.pool().get().map_err(StoreError::from)?;
                 conn.client
                     .batch_execute("BEGIN")
                     .map_err(StoreError::from)?;
@@ -127,7 +142,7 @@ impl PgStore {
         F: FnOnce(&mut dyn Db) -> Result<T, E>,
         E: From<StoreError>,
     {
-        let mut conn = self.pool.get().map_err(StoreError::from)?;
+        let mut conn = self.pool().get().map_err(StoreError::from)?;
         conn.client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .map_err(StoreError::from)?;
