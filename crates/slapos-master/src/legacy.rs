@@ -669,6 +669,16 @@ async fn request_computer_partition(
             _ => Requester::User,
         },
     };
+    let forward = state.forwards.iter().find(|f| {
+        f.software_releases.iter().any(|u| *u == software_release)
+            || sla
+                .entries
+                .get("master_url")
+                .is_some_and(|m| m.trim_end_matches('/') == f.master_url.trim_end_matches('/'))
+    });
+    if let Some(forward) = forward {
+        return forward_request(&state, forward, body).await;
+    }
     let input = RequestInput {
         software_release,
         title,
@@ -701,8 +711,10 @@ async fn request_computer_partition(
         ));
     }
     attrs.push(entry("_parameter_dict", Value::Dict(parameter_dict)));
+    // Also for shared instances (the reference omits it there): without it the
+    // client re-reads the host partition and shows the host's parameters.
+    attrs.push(entry("_requested_state", s(i.requested_state.clone())));
     if !i.shared {
-        attrs.push(entry("_requested_state", s(i.requested_state.clone())));
         attrs.push(entry(
             "connection_xml",
             i.connection_xml.clone().map_or(Value::None, Value::String),
@@ -724,6 +736,41 @@ async fn request_computer_partition(
         vec![],
         attrs,
     ))))
+}
+
+/// Sends a request to the master that serves its release and relays the
+/// answer (including 408 while that master is still allocating).
+async fn forward_request(
+    state: &AppState,
+    forward: &crate::server::Forward,
+    body: Bytes,
+) -> LegacyResult {
+    let url = format!(
+        "{}/requestComputerPartition",
+        forward.master_url.trim_end_matches('/')
+    );
+    let response = state
+        .http
+        .post(&url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            MasterError::NotFound(format!(
+                "cannot forward the request to {}: {e}",
+                forward.master_url
+            ))
+        })?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let text = response.text().await.unwrap_or_default();
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
 fn partition_fields(fields: &Fields) -> Result<(String, String), MasterError> {

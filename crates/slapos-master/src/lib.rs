@@ -11,4 +11,4 @@ pub mod views;
 
 pub use engine::EngineConfig;
 pub use error::MasterError;
-pub use server::{serve, AppState, MasterConfig};
+pub use server::{serve, AppState, Forward, MasterConfig};

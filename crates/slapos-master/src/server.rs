@@ -22,6 +22,17 @@ pub struct MasterConfig {
     pub software_products: Vec<(String, String)>,
     /// Largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// Other masters that requests for some releases are forwarded to
+    /// (the proxy's `[multimaster/URL]` sections).
+    pub forwards: Vec<Forward>,
+}
+
+/// A `[multimaster/URL]` section: requests for these releases, or whose SLA
+/// names this `master_url`, are sent to that master.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub master_url: String,
+    pub software_releases: Vec<String>,
 }
 
 impl Default for MasterConfig {
@@ -30,6 +41,7 @@ impl Default for MasterConfig {
             engine: EngineConfig::default(),
             software_products: Vec::new(),
             max_body_bytes: 32 * 1024 * 1024,
+            forwards: Vec::new(),
         }
     }
 }
@@ -40,6 +52,8 @@ pub struct AppState {
     pub store: Store,
     pub engine: EngineConfig,
     pub software_products: Arc<Vec<(String, String)>>,
+    pub forwards: Arc<Vec<Forward>>,
+    pub http: reqwest::Client,
     /// Random per process: lets a caller tell whether a URL is this master.
     pub run_id: Arc<String>,
     /// Bumped after every change nodes should react to (for watchers).
@@ -56,6 +70,11 @@ impl AppState {
             store,
             engine: config.engine.clone(),
             software_products: Arc::new(config.software_products.clone()),
+            forwards: Arc::new(config.forwards.clone()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
             run_id: Arc::new(Alphanumeric.sample_string(&mut rand::rng(), 32)),
             changes: Arc::new(watch::channel(0).0),
             contacts: Arc::new(Mutex::new(HashMap::new())),

@@ -9,6 +9,8 @@
 //! Both decoders treat their input as hostile: no DTD or custom entity is
 //! ever processed, and size and nesting are bounded ([`marshal::Limits`]).
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod marshal;
 pub mod params;

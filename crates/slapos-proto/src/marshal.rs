@@ -861,6 +861,10 @@ impl Decoder<'_, '_> {
             }
             _ => {}
         }
+        // Attributes are checked on every element, so that a malformed or
+        // entity-bearing attribute is refused wherever it appears.
+        let attrs = self.attrs(e, pos)?;
+        let target = |id: Option<String>| id.filter(|id| self.wanted.contains(id));
         let frame = match name {
             "string" | "unicode" => Frame::Scalar(Scalar::String, String::new()),
             "int" => Frame::Scalar(Scalar::Int, String::new()),
@@ -869,11 +873,11 @@ impl Decoder<'_, '_> {
             "bool" => Frame::Scalar(Scalar::Bool, String::new()),
             "none" => Frame::Scalar(Scalar::None, String::new()),
             "tuple" => Frame::Tuple(Vec::new()),
-            "list" => Frame::List(self.target_id(e, pos)?, Vec::new()),
-            "set" => Frame::Set(self.target_id(e, pos)?, Vec::new()),
-            "dictionary" => Frame::Dict(self.target_id(e, pos)?, Vec::new()),
-            "object" => self.object_frame(e, pos)?,
-            "reference" => Frame::Reference(self.resolve(e, pos)?),
+            "list" => Frame::List(target(attrs.id), Vec::new()),
+            "set" => Frame::Set(target(attrs.id), Vec::new()),
+            "dictionary" => Frame::Dict(target(attrs.id), Vec::new()),
+            "object" => self.object_frame(attrs, pos)?,
+            "reference" => Frame::Reference(self.resolve(attrs, pos)?),
             "marshal" => {
                 return Err(self.invalid(
                     "<marshal> is only allowed as the root element".to_owned(),
@@ -900,17 +904,12 @@ impl Decoder<'_, '_> {
         Ok(())
     }
 
-    /// The id of a container, when some `<reference>` may point to it
-    /// (attributes are not even parsed otherwise).
-    fn target_id(&self, e: &BytesStart<'_>, pos: u64) -> Result<Option<String>, DecodeError> {
-        if self.wanted.is_empty() {
-            return Ok(None);
-        }
-        Ok(self.attrs(e, pos)?.id.filter(|id| self.wanted.contains(id)))
-    }
-
+    /// The attributes this format uses; fails on malformed attributes.
     fn attrs(&self, e: &BytesStart<'_>, pos: u64) -> Result<Attrs, DecodeError> {
         let mut attrs = Attrs::default();
+        if e.attributes_raw().is_empty() {
+            return Ok(attrs);
+        }
         for attr in e.attributes() {
             let attr = attr.map_err(|err| self.syntax(&err.to_string(), pos))?;
             if attr.key.as_namespace_binding().is_some() {
@@ -927,8 +926,7 @@ impl Decoder<'_, '_> {
         Ok(attrs)
     }
 
-    fn object_frame(&self, e: &BytesStart<'_>, pos: u64) -> Result<Frame, DecodeError> {
-        let attrs = self.attrs(e, pos)?;
+    fn object_frame(&self, attrs: Attrs, pos: u64) -> Result<Frame, DecodeError> {
         let (Some(module), Some(class)) = (attrs.module, attrs.class) else {
             return Err(self.invalid(
                 "<object> needs both a module and a class attribute".to_owned(),
@@ -955,8 +953,8 @@ impl Decoder<'_, '_> {
     }
 
     /// A copy of the container a `<reference id>` names.
-    fn resolve(&mut self, e: &BytesStart<'_>, pos: u64) -> Result<Value, DecodeError> {
-        let Some(id) = self.attrs(e, pos)?.id else {
+    fn resolve(&mut self, attrs: Attrs, pos: u64) -> Result<Value, DecodeError> {
+        let Some(id) = attrs.id else {
             return Err(self.invalid("<reference> without an id attribute".to_owned(), pos));
         };
         let Some(stored) = self.stored.get(&id) else {

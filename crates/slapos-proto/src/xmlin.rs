@@ -88,7 +88,7 @@ fn first_invalid_char(s: &str) -> Option<(usize, char)> {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b >= 0x20 && b < 0x80 {
+        if (0x20..0x80).contains(&b) {
             i += 1;
             continue;
         }

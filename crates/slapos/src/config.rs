@@ -61,6 +61,27 @@ impl SlaposConfig {
             .collect()
     }
 
+    /// `[multimaster/URL]` sections: releases served by another master.
+    pub fn forwards(&self) -> Vec<slapos_master::Forward> {
+        self.ini
+            .sections()
+            .into_iter()
+            .filter_map(|section| {
+                let url = section.strip_prefix("multimaster/")?.to_string();
+                let software_releases = self
+                    .get(&section, "software_release_list")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                Some(slapos_master::Forward {
+                    master_url: url,
+                    software_releases,
+                })
+            })
+            .collect()
+    }
+
     pub fn master_url(&self) -> Result<String> {
         match self.get("slapos", "master_url") {
             Some(url) => Ok(url),

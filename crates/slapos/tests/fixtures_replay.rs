@@ -37,6 +37,9 @@ fn deliberate_body(id: &str) -> bool {
         // A root's stop/destroy reaches its child at once here; the reference
         // waits for the root's software to re-request the child.
         | "041" | "046"
+        // Shared-instance answers carry _requested_state, so that the client
+        // does not replace their connection parameters with the host's.
+        | "030" | "033" | "043"
     )
 }
 

@@ -1,6 +1,5 @@
 //! Every marshal document recorded in the 80 exchange fixtures.
 
-use serde_json::Value as Json;
 use slapos_proto::{dumps, loads};
 
 use crate::common::exchanges;
@@ -42,7 +41,7 @@ pub fn marshal_documents() -> Vec<(String, String)> {
             }
         }
         let route = x["request"]["route"].as_str().unwrap_or_default();
-        if x["response"]["status"] == Json::from(200) && MARSHAL_ROUTES.contains(&route) {
+        if x["response"]["status"] == 200 && MARSHAL_ROUTES.contains(&route) {
             let body = x["response"]["body"].as_str().expect("body").to_owned();
             docs.push((format!("{name} response"), body));
         }

@@ -277,6 +277,15 @@ fn malformed_content_is_refused() {
             "duplicate attribute",
             "<marshal><list id=\"i2\" id=\"i3\"/></marshal>",
         ),
+        ("unquoted attribute", "<marshal a=b><none/></marshal>"),
+        (
+            "entity in attribute",
+            "<marshal><list id=\"&e;\"/></marshal>",
+        ),
+        (
+            "control char in attribute",
+            "<marshal><list id=\"&#2;\"/></marshal>",
+        ),
     ];
     for (what, xml) in cases {
         refused(what, xml.into());

@@ -55,7 +55,12 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     } else {
         None
     };
-    let software_products = config.as_ref().map(|c| c.aliases()).unwrap_or_default();
+    let mut software_products = config
+        .as_ref()
+        .map(|c| c.pairs("slapproxy", "software_product_list"))
+        .unwrap_or_default();
+    software_products.dedup();
+    let forwards = config.as_ref().map(|c| c.forwards()).unwrap_or_default();
 
     let store = {
         let uri = database_uri.clone();
@@ -66,6 +71,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let master_config = MasterConfig {
         engine: EngineConfig { default_computer },
         software_products,
+        forwards,
         ..MasterConfig::default()
     };
     let address = format!("{}:{port}", host.trim_matches(['[', ']']));
