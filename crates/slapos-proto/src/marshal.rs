@@ -488,17 +488,62 @@ fn sorted_order(pairs: &[(Value, Value)]) -> Option<Vec<usize>> {
         order.sort_by(|&a, &b| key(a).cmp(key(b)));
         return Some(order);
     }
-    // Mixed keys: the Python comparison is not always a total order (NaN,
-    // repr fallback), which `slice::sort_by` may panic on; a plain stable
-    // merge sort only ever asks "is b before a?".
+    // Mixed keys: the Python comparison is not always a total order (the
+    // repr fallback can make cycles such as None < True < 2 < None), which
+    // `slice::sort_by` may panic on. Small dictionaries replay CPython's
+    // own algorithm, so even such orders come out as Python writes them.
     let mut order: Vec<usize> = (0..pairs.len()).collect();
-    merge_sort(&mut order, &|a, b| {
-        marshal_key_cmp(&pairs[a].0, &pairs[b].0) == std::cmp::Ordering::Less
-    });
+    let less =
+        |a: usize, b: usize| marshal_key_cmp(&pairs[a].0, &pairs[b].0) == std::cmp::Ordering::Less;
+    if order.len() < CPYTHON_MIN_MERGE {
+        cpython_small_sort(&mut order, &less);
+    } else {
+        merge_sort(&mut order, &less);
+    }
     Some(order)
 }
 
-/// Stable merge sort that never panics whatever `less` answers.
+/// Below this many items CPython's `list.sort` (3.11/3.12) is one run
+/// extended by binary insertion.
+const CPYTHON_MIN_MERGE: usize = 64;
+
+/// CPython's `list.sort` for fewer than 64 items: the leading run (strictly
+/// descending runs are reversed), then binary insertion of the rest. Asks
+/// `less(a, b)` exactly as CPython asks `a < b`.
+fn cpython_small_sort(v: &mut [usize], less: &dyn Fn(usize, usize) -> bool) {
+    let n = v.len();
+    if n < 2 {
+        return;
+    }
+    let mut run = 2;
+    if less(v[1], v[0]) {
+        while run < n && less(v[run], v[run - 1]) {
+            run += 1;
+        }
+        v[..run].reverse();
+    } else {
+        while run < n && !less(v[run], v[run - 1]) {
+            run += 1;
+        }
+    }
+    for start in run..n {
+        let pivot = v[start];
+        let (mut l, mut r) = (0, start);
+        while l < r {
+            let p = l + (r - l) / 2;
+            if less(pivot, v[p]) {
+                r = p;
+            } else {
+                l = p + 1;
+            }
+        }
+        v.copy_within(l..start, l + 1);
+        v[l] = pivot;
+    }
+}
+
+/// Stable merge sort that never panics whatever `less` answers (used for
+/// large mixed-key dictionaries, where it matches CPython for consistent orders).
 fn merge_sort(v: &mut [usize], less: &dyn Fn(usize, usize) -> bool) {
     if v.len() <= 1 {
         return;
@@ -822,6 +867,9 @@ impl Decoder<'_, '_> {
                 at: self.at(pos),
             });
         }
+        // Attributes are checked on every element, so that a malformed or
+        // entity-bearing attribute is refused wherever it appears.
+        let attrs = self.attrs(e, pos)?;
         let Some(parent) = self.stack.last() else {
             if name != "marshal" {
                 return Err(self.invalid(
@@ -861,9 +909,6 @@ impl Decoder<'_, '_> {
             }
             _ => {}
         }
-        // Attributes are checked on every element, so that a malformed or
-        // entity-bearing attribute is refused wherever it appears.
-        let attrs = self.attrs(e, pos)?;
         let target = |id: Option<String>| id.filter(|id| self.wanted.contains(id));
         let frame = match name {
             "string" | "unicode" => Frame::Scalar(Scalar::String, String::new()),

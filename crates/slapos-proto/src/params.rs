@@ -152,8 +152,13 @@ pub fn xml2dict_with_limits(
                     *ended = true;
                 }
                 let empty = matches!(event, Event::Empty(_));
+                // Attributes of every element are checked, used only on parameters.
+                let id = id_attribute(e, &input, pos)?;
                 if depth == 1 && is_parameter(e) {
-                    let id = parameter_id(e, &input, pos)?;
+                    let id = id.ok_or_else(|| DecodeError::Invalid {
+                        message: "<parameter> without an id attribute".to_owned(),
+                        at: input.at(pos),
+                    })?;
                     if empty {
                         add(&mut result, id, None, &input, pos)?;
                     } else {
@@ -210,20 +215,24 @@ pub fn xml2dict_with_limits(
     Ok(result)
 }
 
-fn parameter_id(e: &BytesStart<'_>, input: &Input<'_>, pos: u64) -> Result<String, DecodeError> {
+/// The `id` attribute of an element, after checking all its attributes.
+fn id_attribute(
+    e: &BytesStart<'_>,
+    input: &Input<'_>,
+    pos: u64,
+) -> Result<Option<String>, DecodeError> {
+    let mut id = None;
     for attr in e.attributes() {
         let attr = attr.map_err(|err| DecodeError::Syntax {
             message: err.to_string(),
             at: input.at(pos),
         })?;
+        let value = attribute_value(&attr, input, pos)?;
         if attr.key.as_ref() == "id" {
-            return Ok(attribute_value(&attr, input, pos)?.into_owned());
+            id = Some(value.into_owned());
         }
     }
-    Err(DecodeError::Invalid {
-        message: "<parameter> without an id attribute".to_owned(),
-        at: input.at(pos),
-    })
+    Ok(id)
 }
 
 /// Handles character data: kept when it is the leading text of a parameter,

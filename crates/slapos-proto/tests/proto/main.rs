@@ -6,3 +6,4 @@ mod exchanges;
 mod hostile;
 mod marshal_cases;
 mod params;
+mod zz_diff;

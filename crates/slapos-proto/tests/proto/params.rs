@@ -150,6 +150,7 @@ fn hostile_parameter_xml_is_refused() {
         ("text outside", "<instance/>junk".into()),
         ("control character", "<instance><parameter id=\"a\">&#1;</parameter></instance>".into()),
         ("raw control character", "<instance><parameter id=\"a\">\u{1}</parameter></instance>".into()),
+        ("entity in attribute", "<instance><x a=\"&e;\"/></instance>".into()),
         ("latin-1 declared", "<?xml version='1.0' encoding='iso-8859-1'?><instance/>".into()),
     ];
     for (what, xml) in cases {

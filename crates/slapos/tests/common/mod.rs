@@ -34,6 +34,15 @@ pub fn binary() -> PathBuf {
 
 /// `database`: `None` for a SQLite file in the temp dir, or a PostgreSQL URL.
 pub fn start_proxy(computer_id: &str, database: Option<&str>) -> Server {
+    start(&["proxy", "start"], computer_id, database)
+}
+
+/// A multi-node master (`slapos master`) on the given database.
+pub fn start_master(database: &str) -> Server {
+    start(&["master"], "", Some(database))
+}
+
+fn start(command: &[&str], computer_id: &str, database: Option<&str>) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let db = database
@@ -44,13 +53,15 @@ pub fn start_proxy(computer_id: &str, database: Option<&str>) -> Server {
         &cfg,
         format!(
             "[slapos]\nmaster_url = http://127.0.0.1:{port}\ncomputer_id = {computer_id}\n\
-             [slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n"
+             [slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n\
+             [slapmaster]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n"
         ),
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
     let child = Command::new(binary())
-        .args(["proxy", "start", "--cfg"])
+        .args(command)
+        .arg("--cfg")
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(log)
@@ -75,3 +86,68 @@ pub fn fixtures_dir() -> PathBuf {
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/slap-1.26.1")
 }
+
+/// Form-encodes fields.
+pub fn form(fields: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(&encode(k));
+        out.push('=');
+        out.push_str(&encode(v));
+    }
+    out
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The marshalled registration of a computer with `n` partitions.
+pub fn computer_xml(reference: &str, n: usize) -> String {
+    let mut partitions = String::new();
+    for i in 0..n {
+        partitions.push_str(&format!(
+            "<dictionary id=\"i{}\"><string>address_list</string><list id=\"i{}\"><dictionary id=\"i{}\">\
+             <string>addr</string><string>10.1.{}.{}</string><string>netmask</string><string>255.255.0.0</string></dictionary></list>\
+             <string>reference</string><string>slappart{i}</string><string>tap</string><dictionary id=\"i{}\"><string>name</string><string>slaptap{i}</string></dictionary></dictionary>",
+            100 + 4 * i,
+            101 + 4 * i,
+            102 + 4 * i,
+            i / 250,
+            i % 250 + 1,
+            103 + 4 * i,
+        ));
+    }
+    format!(
+        "<marshal><dictionary id=\"i2\"><string>address</string><string>10.1.0.1</string><string>netmask</string><string>255.255.0.0</string>\
+         <string>partition_list</string><list id=\"i3\">{partitions}</list><string>reference</string><string>{reference}</string></dictionary></marshal>"
+    )
+}
+
+/// Form of a user request of `title` on `computer`.
+pub fn request_form(title: &str, computer: &str, parameters_xml: &str) -> String {
+    form(&[
+        ("software_release", "https://lab.example.invalid/software/demo/software.cfg"),
+        ("partition_reference", title),
+        ("partition_parameter_xml", parameters_xml),
+        (
+            "filter_xml",
+            &format!("<marshal><dictionary id=\"i2\"><string>computer_guid</string><string>{computer}</string></dictionary></marshal>"),
+        ),
+        ("software_type", "default"),
+        ("state", "<marshal><none/></marshal>"),
+        ("shared_xml", "<marshal><bool>0</bool></marshal>"),
+    ])
+}
+
+pub const EMPTY_DICT: &str = "<marshal><dictionary id=\"i2\"/></marshal>";
