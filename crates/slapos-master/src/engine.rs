@@ -306,9 +306,9 @@ pub(crate) fn decode_parameters(stored: &str) -> Result<Vec<(String, Value)>> {
     match marshal::loads(stored)? {
         Value::Dict(items) => Ok(items
             .into_iter()
-            .filter_map(|(k, v)| match k {
-                Value::String(k) => Some((k, v)),
-                other => Some((python_str(&other), v)),
+            .map(|(k, v)| match k {
+                Value::String(k) => (k, v),
+                other => (python_str(&other), v),
             })
             .collect()),
         _ => Err(MasterError::Store(slapos_store::StoreError::Corrupt(

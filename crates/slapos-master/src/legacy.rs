@@ -670,7 +670,7 @@ async fn request_computer_partition(
         },
     };
     let forward = state.forwards.iter().find(|f| {
-        f.software_releases.iter().any(|u| *u == software_release)
+        f.software_releases.contains(&software_release)
             || sla
                 .entries
                 .get("master_url")

@@ -160,8 +160,22 @@ pub(crate) fn write_float_repr(out: &mut String, f: f64) {
         out.push_str(if f.is_sign_negative() { "-0.0" } else { "0.0" });
         return;
     }
-    // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let sci = format!("{f:e}");
+    // `{:e}` gives the shortest round-trip digits ("-1.2345e-7"). When two
+    // decimals of that length are equally near, it may round the tie up
+    // where Python's dtoa picks the nearest with an even last digit: the
+    // correctly rounded (half-even) decimal of the same length is what
+    // Python writes whenever it reads back to the same float.
+    let shortest = format!("{f:e}");
+    let len = shortest
+        .split('e')
+        .next()
+        .map_or(1, |m| m.bytes().filter(u8::is_ascii_digit).count());
+    let nearest = format!("{:.*e}", len.saturating_sub(1), f);
+    let sci = if nearest != shortest && nearest.parse::<f64>() == Ok(f) {
+        nearest
+    } else {
+        shortest
+    };
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let (neg, mantissa) = match mantissa.strip_prefix('-') {
@@ -551,6 +565,9 @@ mod tests {
             (100.0, "100.0"),
             (-0.0, "-0.0"),
             (1e100, "1e+100"),
+            // Ties between two shortest candidates go to the even digit.
+            (1799527392658821.25, "1799527392658821.2"),
+            (-1976424337122436.25, "-1976424337122436.2"),
         ];
         for (f, want) in cases {
             assert_eq!(repr_f(f), want, "{f:e}");
