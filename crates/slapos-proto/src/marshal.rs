@@ -52,7 +52,8 @@ pub enum Value {
     Tuple(Vec<Value>),
     /// `list` (`<list id>`).
     List(Vec<Value>),
-    /// `set` (`<set id>`), items in document order.
+    /// `set` (`<set id>`), written in vector order (Python writes its hash
+    /// order); decoding keeps document order and drops duplicates.
     Set(Vec<Value>),
     /// `dict` (`<dictionary id>`), entries in insertion order; [`dumps`]
     /// sorts them as Python does.
@@ -1487,6 +1488,37 @@ mod tests {
             dumps(&Value::Long("12a".into())),
             Err(EncodeError::InvalidLong(_))
         ));
+    }
+
+    #[test]
+    fn encoder_depth_is_bounded() {
+        let mut v = Value::None;
+        for _ in 0..(MAX_ENCODE_DEPTH + 10) {
+            v = Value::Tuple(vec![v]);
+        }
+        assert_eq!(dumps(&v), Err(EncodeError::TooDeep(MAX_ENCODE_DEPTH)));
+    }
+
+    #[test]
+    fn helpers() {
+        assert!(!Value::from(None::<&str>).is_truthy());
+        assert!(Value::from("x").is_truthy());
+        assert!(!Value::Long("-0".into()).is_truthy());
+        assert!(Value::Long("100000000000000000000".into()).is_truthy());
+        assert_eq!(Value::Bool(true).as_bool(), Some(true));
+        assert_eq!(Value::Int(1).as_bool(), None);
+        let d = Value::Dict(vec![
+            (Value::str("a"), Value::Int(1)),
+            (Value::Int(2), Value::Int(2)),
+            (Value::str("a"), Value::Int(3)),
+        ]);
+        assert_eq!(d.get("a"), Some(&Value::Int(3)));
+        assert_eq!(d.get("2"), None);
+        assert_eq!(
+            SlapClass::from_name("SoftwareInstance"),
+            Some(SlapClass::SoftwareInstance)
+        );
+        assert_eq!(SlapClass::from_name("Supply"), None);
     }
 
     #[test]

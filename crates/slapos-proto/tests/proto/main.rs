@@ -6,4 +6,3 @@ mod exchanges;
 mod hostile;
 mod marshal_cases;
 mod params;
-mod zz_diff;
