@@ -1,0 +1,7 @@
+//! The SlapOS node: formats a computer into partitions, installs the
+//! software releases supplied to it, deploys and supervises the instances
+//! allocated to it, and reports back to the master.
+
+pub mod manifest;
+pub mod software;
+pub mod supervisor;
