@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use slapos_proto::marshal::{self, Value};
 
+pub mod node;
+
 /// Why a call failed, in terms a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -131,17 +133,51 @@ impl SlapClient {
     }
 
     async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Result<String> {
+        self.post(path, fields, None).await
+    }
+
+    /// A POST made on behalf of a partition carries the `X-SlapPartition` header, as 1.26 clients do.
+    async fn post_partition(
+        &self,
+        path: &str,
+        computer_id: &str,
+        partition: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<String> {
+        self.post(path, fields, Some((computer_id, partition)))
+            .await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        partition: Option<(&str, &str)>,
+    ) -> Result<String> {
         let url = self.url(path);
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
-        let response = self
+        let mut request = self
             .http
             .post(&url)
             .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await;
+            .body(body);
+        if let Some((computer, partition)) = partition {
+            request = request.header(
+                "Authorization",
+                format!(
+                    "X-SlapPartition computer_id={computer}, computer_partition_id={partition}"
+                ),
+            );
+        }
+        let response = request.send().await;
+        self.check(&url, response).await
+    }
+
+    async fn get_text(&self, path: &str) -> Result<String> {
+        let url = self.url(path);
+        let response = self.http.get(&url).send().await;
         self.check(&url, response).await
     }
 
@@ -158,6 +194,14 @@ impl SlapClient {
 
     /// Requests (or re-requests) an instance.
     pub async fn request(&self, spec: &RequestSpec) -> Result<RequestedInstance> {
+        self.request_with(spec, None).await
+    }
+
+    async fn request_with(
+        &self,
+        spec: &RequestSpec,
+        partition: Option<(&str, &str)>,
+    ) -> Result<RequestedInstance> {
         let dict = |m: &BTreeMap<String, String>| {
             Value::Dict(
                 m.iter()
@@ -172,7 +216,7 @@ impl SlapClient {
         let state = encode(&spec.state.clone().map_or(Value::None, Value::String))?;
         let shared = encode(&Value::Bool(spec.shared))?;
         let body = self
-            .post_form(
+            .post(
                 "requestComputerPartition",
                 &[
                     ("software_release", spec.software_release.as_str()),
@@ -186,6 +230,7 @@ impl SlapClient {
                     ("state", state.as_str()),
                     ("shared_xml", shared.as_str()),
                 ],
+                partition,
             )
             .await?;
         let answer = marshal::loads(&body).map_err(|e| ClientError::BadAnswer(e.to_string()))?;

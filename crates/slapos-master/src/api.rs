@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
             get(list_software).post(supply),
         )
         .route("/api/v1/computers/{reference}/bang", post(computer_bang))
+        .route("/api/v1/computers/{reference}/watch", get(watch_computer))
         .route(
             "/api/v1/instances",
             get(list_instances).post(request_instance),
@@ -263,6 +264,48 @@ async fn computer_bang(
         .await?;
     state.notify_change();
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    #[serde(default)]
+    since: Option<String>,
+    /// Seconds to wait at most (default 25, at most 60).
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+/// Long poll for nodes: answers as soon as the computer's version differs
+/// from `since`, or after the timeout with the same version. Changes made by
+/// this process wake watchers at once; changes made by other masters sharing
+/// the database are seen within two seconds.
+async fn watch_computer(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    Query(query): Query<WatchQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(query.timeout.unwrap_or(25).min(60));
+    let mut changes = state.changes.subscribe();
+    let recheck = match state.store.dialect() {
+        slapos_store::Dialect::Postgres => std::time::Duration::from_secs(2),
+        slapos_store::Dialect::Sqlite => std::time::Duration::from_secs(60),
+    };
+    loop {
+        let r = reference.clone();
+        let version = read(&state, move |db| {
+            let c = engine::computer(db, &r)?;
+            Ok(q::computer_version(db, c.id)?)
+        })
+        .await?;
+        if query.since.as_deref() != Some(version.as_str())
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(Json(json!({"version": version})));
+        }
+        let wake = (deadline - tokio::time::Instant::now()).min(recheck);
+        let _ = tokio::time::timeout(wake, changes.changed()).await;
+    }
 }
 
 // ------------------------------------------------------------------ instances

@@ -149,12 +149,17 @@ fn query_fields(raw: Option<&str>) -> Fields {
     Fields::parse(raw.unwrap_or("").as_bytes())
 }
 
+/// Runs a write job; watchers (node long polls) are woken after it commits.
 async fn write<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
 where
     F: FnMut(&mut dyn slapos_store::Db) -> Result<T, MasterError> + Send + 'static,
     T: Send + 'static,
 {
-    state.store.write(job).await
+    let result = state.store.write(job).await;
+    if result.is_ok() {
+        state.notify_change();
+    }
+    result
 }
 
 async fn read<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
@@ -691,7 +696,6 @@ async fn request_computer_partition(
     };
     let config = state.engine.clone();
     let outcome = write(&state, move |db| engine::request(db, &config, &input)).await?;
-    state.notify_change();
     let i = &outcome.instance;
     let mut parameter_dict: Vec<(Value, Value)> = outcome
         .parameters
@@ -802,7 +806,6 @@ async fn partition_destroyed(State(state): State<AppState>, body: Bytes) -> Lega
         engine::destroyed_partition(db, &computer, &partition)
     })
     .await?;
-    state.notify_change();
     match outcome {
         DestroyOutcome::Freed | DestroyOutcome::AlreadyFree => text("OK"),
         DestroyOutcome::WaitingForChildren(titles) => text(format!(
@@ -832,7 +835,6 @@ async fn instance_bang(State(state): State<AppState>, body: Bytes) -> LegacyResu
         engine::bang(db, &computer, &partition, &message)
     })
     .await?;
-    state.notify_change();
     text("OK")
 }
 
@@ -857,7 +859,6 @@ async fn set_connection_xml(State(state): State<AppState>, body: Bytes) -> Legac
         engine::set_connection(db, &computer, &partition, slave.as_deref(), &connection)
     })
     .await?;
-    state.notify_change();
     text("done")
 }
 
@@ -901,6 +902,5 @@ async fn computer_bang(State(state): State<AppState>, body: Bytes) -> LegacyResu
         engine::computer_bang(db, &computer, &message)
     })
     .await?;
-    state.notify_change();
     xml(&s(""))
 }

@@ -709,3 +709,29 @@ pub fn count_usage_reports(db: &mut dyn Db, computer_id: i64) -> Result<i64> {
     .transpose()
     .map(|v| v.unwrap_or(0))
 }
+
+/// A value that changes whenever anything a computer's node acts on changes
+/// (instance timestamps, allocations, supplies): what node watches compare.
+pub fn computer_version(db: &mut dyn Db, computer_id: i64) -> Result<String> {
+    let instances = db.query_opt(
+        "SELECT COALESCE(MAX(i.timestamp), 0), COUNT(i.id), COUNT(p.id) FROM partition p \
+         LEFT JOIN instance i ON i.id = p.instance_id WHERE p.computer_id = $1",
+        &[computer_id.into()],
+    )?;
+    let software = db.query_opt(
+        "SELECT COALESCE(MAX(supply_seq), 0), COUNT(*) FROM software_installation WHERE computer_id = $1",
+        &[computer_id.into()],
+    )?;
+    let (i, s) = match (instances, software) {
+        (Some(i), Some(s)) => (i, s),
+        _ => return Err(StoreError::Corrupt("version query returned no row".into())),
+    };
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        i.int(0)?,
+        i.int(1)?,
+        i.int(2)?,
+        s.int(0)?,
+        s.int(1)?
+    ))
+}
