@@ -2,6 +2,10 @@
 //! software releases supplied to it, deploys and supervises the instances
 //! allocated to it, and reports back to the master.
 
+pub mod config;
+pub mod daemon;
+pub mod format;
+pub mod instance;
 pub mod manifest;
 pub mod software;
 pub mod supervisor;

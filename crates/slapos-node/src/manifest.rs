@@ -179,7 +179,8 @@ pub enum ManifestError {
 
 impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
         manifest.check()?;
         Ok(manifest)
     }
@@ -197,7 +198,11 @@ impl Manifest {
             check_relative(&f.path)?;
         }
         for (name, t) in &self.types {
-            for f in t.files.iter().chain(t.shared.iter().flat_map(|s| s.files.iter())) {
+            for f in t
+                .files
+                .iter()
+                .chain(t.shared.iter().flat_map(|s| s.files.iter()))
+            {
                 check_relative(&f.path)?;
             }
             for d in &t.directories {
@@ -206,7 +211,10 @@ impl Manifest {
             for p in &t.promises {
                 let kinds = [p.tcp.is_some(), p.http.is_some(), p.command.is_some()];
                 if kinds.iter().filter(|k| **k).count() != 1 {
-                    return invalid(format!("type {name}, promise {}: give exactly one of tcp, http, command", p.name));
+                    return invalid(format!(
+                        "type {name}, promise {}: give exactly one of tcp, http, command",
+                        p.name
+                    ));
                 }
             }
             for s in &t.services {
@@ -215,7 +223,10 @@ impl Manifest {
                 }
                 if let Some(r) = &s.restart {
                     if !["always", "on-failure", "never"].contains(&r.as_str()) {
-                        return invalid(format!("type {name}, service {}: restart must be always, on-failure or never", s.name));
+                        return invalid(format!(
+                            "type {name}, service {}: restart must be always, on-failure or never",
+                            s.name
+                        ));
                     }
                 }
             }
@@ -238,7 +249,9 @@ impl Manifest {
 /// A path inside the partition or release: relative, no `..`.
 fn check_relative(path: &str) -> Result<(), ManifestError> {
     if path.is_empty() || path.starts_with('/') || path.split('/').any(|s| s == "..") {
-        return Err(ManifestError::Invalid(format!("path {path:?} must be relative and stay inside")));
+        return Err(ManifestError::Invalid(format!(
+            "path {path:?} must be relative and stay inside"
+        )));
     }
     Ok(())
 }
@@ -283,9 +296,15 @@ url = "redis://{{ ipv4 }}:{{ ports.redis }}"
     #[test]
     fn refuses_escaping_paths_and_bad_promises() {
         let bad = REDIS.replace("etc/redis.conf", "../../etc/passwd");
-        assert!(Manifest::parse(&bad).unwrap_err().to_string().contains("relative"));
+        assert!(Manifest::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("relative"));
         let bad = REDIS.replace("tcp = ", "http = \"http://x\"\ntcp = ");
-        assert!(Manifest::parse(&bad).unwrap_err().to_string().contains("exactly one"));
+        assert!(Manifest::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
         assert!(Manifest::parse("name = ").is_err());
         assert!(Manifest::parse("name = \"x\"\nunknown = 1").is_err());
     }

@@ -86,6 +86,64 @@ enum Command {
         #[command(subcommand)]
         action: InfoAction,
     },
+    /// The node agent of this computer.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// A master, a node and the catalog on this machine, in the foreground.
+    Up {
+        /// Where everything is kept (default: ~/.local/share/slapos).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        partitions: usize,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// The software releases shipped with slapos-rs.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Create the partitions and register them with the master.
+    Format {
+        #[arg(long)]
+        cfg: Option<PathBuf>,
+    },
+    /// Install the software releases supplied to this computer.
+    Software {
+        #[arg(long)]
+        cfg: Option<PathBuf>,
+    },
+    /// Deploy the instances allocated to this computer.
+    Instance {
+        #[arg(long)]
+        cfg: Option<PathBuf>,
+        /// Reprocess every partition, even those up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Converge continuously: software, instances, supervision.
+    Run {
+        #[arg(long)]
+        cfg: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Each release's name, URL (once materialised by `slapos up`) and software types.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +300,37 @@ async fn run(command: Command) -> Result<i32> {
                 cfg,
             } => client::service_info(&Session::open(cfg.as_deref())?, &reference, json).await?,
         },
+        Command::Node { action } => {
+            return match action {
+                NodeAction::Format { cfg } => cmd::node::format(&cmd::node::load(cfg.as_deref())?)
+                    .await
+                    .map(|_| 0),
+                NodeAction::Software { cfg } => {
+                    cmd::node::software(&cmd::node::load(cfg.as_deref())?).await
+                }
+                NodeAction::Instance { cfg, force } => {
+                    cmd::node::instance(&cmd::node::load(cfg.as_deref())?, force).await
+                }
+                NodeAction::Run { cfg } => cmd::node::run(&cmd::node::load(cfg.as_deref())?).await,
+            };
+        }
+        Command::Up {
+            data_dir,
+            partitions,
+            port,
+        } => {
+            cmd::up::up(cmd::up::UpOptions {
+                data_dir,
+                partitions,
+                port,
+            })
+            .await?;
+        }
+        Command::Catalog {
+            action: CatalogAction::List { json, data_dir },
+        } => {
+            catalog_list(json, data_dir)?;
+        }
         Command::Computer { action } => match action {
             InfoAction::List { json, cfg } => {
                 client::computer_list(&Session::open(cfg.as_deref())?, json).await?
@@ -254,4 +343,43 @@ async fn run(command: Command) -> Result<i32> {
         },
     }
     Ok(0)
+}
+
+fn catalog_list(json: bool, data_dir: Option<PathBuf>) -> Result<()> {
+    let dir = data_dir
+        .unwrap_or_else(cmd::up::default_data_dir)
+        .join("catalog");
+    let mut rows = Vec::new();
+    for r in slapos_catalog::RELEASES {
+        let manifest = slapos_node::manifest::Manifest::parse(r.manifest)?;
+        let url = format!(
+            "file://{}",
+            std::path::absolute(dir.join(r.name).join("software.toml"))?.display()
+        );
+        let types: Vec<String> = manifest.types.keys().cloned().collect();
+        rows.push(
+            serde_json::json!({"name": r.name, "url": url, "software_types": types,
+                                     "description": manifest.description}),
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            println!(
+                "{:<10} {}  [{}]",
+                r["name"].as_str().unwrap_or(""),
+                r["url"].as_str().unwrap_or(""),
+                r["software_types"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }

@@ -1,2 +1,4 @@
 pub mod client;
+pub mod node;
 pub mod serve;
+pub mod up;

@@ -1,0 +1,285 @@
+//! The node's convergence loop: `slapos node software`, `instance`,
+//! `report` as single passes, and `slapos node run` doing them continuously.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use slapos_client::node::{ComputerTarget, PartitionTarget};
+use slapos_client::SlapClient;
+
+use crate::config::NodeConfig;
+use crate::format::Formatted;
+use crate::instance::{self, Deployer, Outcome};
+use crate::software::Installer;
+use crate::supervisor::Supervisor;
+
+/// What the node last did, for status displays.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    /// Release URL → `available`, `building`, `error: ...`.
+    pub software: BTreeMap<String, String>,
+    /// Partition → what its last processing said.
+    pub partitions: BTreeMap<String, String>,
+    pub master_reachable: bool,
+    pub passes: u64,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub client: SlapClient,
+    pub deployer: Deployer,
+    pub status: Arc<Mutex<NodeStatus>>,
+}
+
+impl Node {
+    pub fn open(config: NodeConfig, formatted: Formatted) -> anyhow::Result<Node> {
+        let client = SlapClient::new(&config.master_url)?;
+        let installer = Arc::new(Installer::new(&config.software_root)?);
+        let supervisor = Arc::new(Supervisor::open(&config.state_dir().join("supervisor"))?);
+        Ok(Node {
+            deployer: Deployer {
+                config: config.clone(),
+                client: client.clone(),
+                installer,
+                supervisor,
+                formatted,
+            },
+            client,
+            config,
+            status: Arc::new(Mutex::new(NodeStatus::default())),
+        })
+    }
+
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.deployer.supervisor
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut NodeStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Restarts the services of partitions that were started, from the
+    /// node's own records: instances come back after a reboot even before
+    /// the master answers.
+    pub async fn restore(&self) {
+        let dir = self.config.state_dir().join("partitions");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string();
+            if let Some(record) = instance::load_record(&self.config, &name) {
+                if record.requested_state == "started" && !record.services.is_empty() {
+                    let specs = record.services.iter().map(|s| s.to_spec(&name)).collect();
+                    if let Err(e) = self.supervisor().apply(&name, specs).await {
+                        tracing::warn!(partition = %name, error = %e, "cannot restore services");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs what is supplied, removes what is to be destroyed, reporting each.
+    pub async fn software_step(&self, target: &ComputerTarget) -> usize {
+        let mut failures = 0;
+        let computer = &self.config.computer_id;
+        let installer = &self.deployer.installer;
+        let jobs = target.software.iter().map(|sw| async move {
+            let url = sw.url.as_str();
+            if sw.requested_state == "destroyed" {
+                let result = installer.remove(url).await;
+                if result.is_ok() {
+                    let _ = self
+                        .client
+                        .report_software(computer, url, "destroyed", None)
+                        .await;
+                }
+                return (
+                    url.to_string(),
+                    result
+                        .map(|_| "destroyed".to_string())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            if installer.installed(url).is_some() {
+                return (url.to_string(), Ok("available".to_string()));
+            }
+            let _ = self
+                .client
+                .report_software(computer, url, "building", None)
+                .await;
+            match installer.install(url).await {
+                Ok(_) => {
+                    let _ = self
+                        .client
+                        .report_software(computer, url, "available", None)
+                        .await;
+                    (url.to_string(), Ok("available".to_string()))
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = self
+                        .client
+                        .report_software(computer, url, "error", Some(&message))
+                        .await;
+                    (url.to_string(), Err(message))
+                }
+            }
+        });
+        // Two at a time: installs are mostly downloads and unpacking.
+        let mut results = Vec::new();
+        let jobs: Vec<_> = jobs.collect();
+        let mut iter = jobs.into_iter();
+        loop {
+            let batch: Vec<_> = iter.by_ref().take(2).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let mut handles = Vec::new();
+            for job in batch {
+                handles.push(job);
+            }
+            for job in handles {
+                results.push(job.await);
+            }
+        }
+        for (url, result) in results {
+            let text = match result {
+                Ok(s) => s,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(%url, error = %e, "software release failed");
+                    format!("error: {e}")
+                }
+            };
+            self.set_status(|s| {
+                s.software.insert(url, text);
+            });
+        }
+        failures
+    }
+
+    /// Processes every partition; returns how many still need attention.
+    pub async fn instance_step(&self, target: &ComputerTarget, force: bool) -> usize {
+        let mut pending = 0;
+        for partition in &target.partitions {
+            let outcome = self.process_partition(partition, force).await;
+            let text = match outcome {
+                Ok(Outcome::Waiting(why)) => {
+                    pending += 1;
+                    format!("waiting: {why}")
+                }
+                Ok(Outcome::Free) => "free".into(),
+                Ok(o) => format!("{o:?}").to_lowercase(),
+                Err(e) => {
+                    pending += 1;
+                    format!("error: {e}")
+                }
+            };
+            self.set_status(|s| {
+                s.partitions.insert(partition.reference.clone(), text);
+            });
+        }
+        pending
+    }
+
+    async fn process_partition(
+        &self,
+        partition: &PartitionTarget,
+        force: bool,
+    ) -> Result<Outcome, instance::DeployError> {
+        match self.deployer.process(partition, force).await {
+            Ok(o) => Ok(o),
+            Err(instance::DeployError::NotInstalled(url)) => Ok(Outcome::Waiting(format!(
+                "software {url} not installed yet"
+            ))),
+            Err(e) => {
+                tracing::warn!(partition = %partition.reference, error = %e, "partition failed");
+                let _ = self
+                    .client
+                    .report_partition(
+                        &self.config.computer_id,
+                        &partition.reference,
+                        "error",
+                        Some(&e.to_string()),
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One full pass: read the master, install, deploy.
+    pub async fn converge_once(&self, force: bool) -> anyhow::Result<usize> {
+        let target = match self.client.computer_target(&self.config.computer_id).await {
+            Ok(t) => {
+                self.set_status(|s| s.master_reachable = true);
+                t
+            }
+            Err(e) => {
+                self.set_status(|s| s.master_reachable = false);
+                return Err(e.into());
+            }
+        };
+        let failures = self.software_step(&target).await;
+        let pending = self.instance_step(&target, force).await;
+        self.set_status(|s| s.passes += 1);
+        Ok(failures + pending)
+    }
+
+    /// `slapos node run`: converge, then wait for a change (or retry soon if
+    /// something is pending), until `shutdown` resolves. Instances keep
+    /// running when the master is unreachable.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        self.restore().await;
+        tokio::pin!(shutdown);
+        let mut version: Option<String> = None;
+        loop {
+            let pending = match self.converge_once(false).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "master unreachable; instances keep running");
+                    1
+                }
+            };
+            let wait = async {
+                if pending > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    version = self.wait_for_change(version.take()).await;
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wait => {}
+            }
+        }
+    }
+
+    /// Long-polls our master's watch; falls back to the poll interval
+    /// against masters without one (the reference proxy).
+    async fn wait_for_change(&self, since: Option<String>) -> Option<String> {
+        match self
+            .client
+            .watch(
+                &self.config.computer_id,
+                since.as_deref(),
+                Duration::from_secs(25),
+            )
+            .await
+        {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(self.config.poll_interval)).await;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `slapos node format|software|instance|report|run`: the node agent.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use slapos_client::SlapClient;
+use slapos_node::config::NodeConfig;
+use slapos_node::daemon::Node;
+use slapos_node::format::{self, Formatted};
+
+use crate::config::{self, SlaposConfig};
+
+/// Reads the node's settings from `slapos.cfg` (`[slapos]`, `[slapformat]`, `[slapos-node]`).
+pub fn node_config(cfg: &SlaposConfig) -> Result<NodeConfig> {
+    let need = |key: &str| {
+        cfg.get("slapos", key)
+            .with_context(|| format!("{}: [slapos] {key} is not set", cfg.path.display()))
+    };
+    let mut c = NodeConfig::new(
+        &need("computer_id")?,
+        &need("master_url")?,
+        PathBuf::from(need("instance_root")?),
+        PathBuf::from(need("software_root")?),
+    );
+    let flag =
+        |v: Option<String>, default: bool| match v.as_deref().map(str::to_lowercase).as_deref() {
+            Some("true" | "yes" | "1" | "on") => true,
+            Some("false" | "no" | "0" | "off") => false,
+            _ => default,
+        };
+    if let Some(n) = cfg.get("slapformat", "partition_amount") {
+        c.partition_amount = n
+            .parse()
+            .context("[slapformat] partition_amount must be a number")?;
+    }
+    if let Some(v) = cfg.get("slapformat", "partition_base_name") {
+        c.partition_base_name = v;
+    }
+    if let Some(v) = cfg.get("slapformat", "user_base_name") {
+        c.user_base_name = v;
+    }
+    if let Some(v) = cfg.get("slapformat", "software_user") {
+        c.software_user = v;
+    }
+    if let Some(v) = cfg.get("slapformat", "interface_name") {
+        c.interface_name = v;
+    }
+    c.ipv4_local_network = cfg.get("slapformat", "ipv4_local_network");
+    c.alter_user = flag(cfg.get("slapformat", "alter_user"), true);
+    c.alter_network = flag(cfg.get("slapformat", "alter_network"), true);
+    if let Some(v) = cfg.get("slapos-node", "port_base") {
+        c.port_base = v
+            .parse()
+            .context("[slapos-node] port_base must be a port number")?;
+    }
+    if let Some(v) = cfg.get("slapos-node", "poll_interval") {
+        c.poll_interval = v
+            .parse()
+            .context("[slapos-node] poll_interval must be seconds")?;
+    }
+    if let Some(v) = cfg.get("slapos-node", "promise_timeout") {
+        c.promise_timeout = v
+            .parse()
+            .context("[slapos-node] promise_timeout must be seconds")?;
+    }
+    Ok(c)
+}
+
+pub fn load(cfg: Option<&Path>) -> Result<NodeConfig> {
+    let path = config::locate(cfg, false)?;
+    node_config(&SlaposConfig::load(&path)?)
+}
+
+pub async fn format(config: &NodeConfig) -> Result<Formatted> {
+    let client = SlapClient::new(&config.master_url)?;
+    let formatted = format::format(config, &client).await?;
+    println!(
+        "Formatted {} partitions under {} and registered computer {} with {}",
+        formatted.partitions.len(),
+        config.instance_root.display(),
+        config.computer_id,
+        config.master_url
+    );
+    Ok(formatted)
+}
+
+fn open_node(config: &NodeConfig) -> Result<Node> {
+    let formatted = Formatted::load(config).with_context(|| {
+        format!(
+            "computer not formatted: run `slapos node format` first ({} missing)",
+            config.state_dir().join("format.json").display()
+        )
+    })?;
+    Node::open(config.clone(), formatted)
+}
+
+/// Exit code 1 when something failed.
+pub async fn software(config: &NodeConfig) -> Result<i32> {
+    let node = open_node(config)?;
+    let target = node.client.computer_target(&config.computer_id).await?;
+    let failures = node.software_step(&target).await;
+    print_status(&node);
+    node.supervisor().clone().detach_ref().await;
+    Ok(if failures > 0 { 1 } else { 0 })
+}
+
+pub async fn instance(config: &NodeConfig, force: bool) -> Result<i32> {
+    let node = open_node(config)?;
+    let target = node.client.computer_target(&config.computer_id).await?;
+    let pending = node.instance_step(&target, force).await;
+    print_status(&node);
+    node.supervisor().clone().detach_ref().await;
+    Ok(if pending > 0 { 1 } else { 0 })
+}
+
+pub async fn run(config: &NodeConfig) -> Result<i32> {
+    let node = open_node(config)?;
+    tracing::info!(computer = %config.computer_id, master = %config.master_url, "node running");
+    node.run(crate::cmd::serve::shutdown_signal()).await;
+    // Services keep running: a restarted node adopts them.
+    node.supervisor().clone().detach_ref().await;
+    Ok(0)
+}
+
+fn print_status(node: &Node) {
+    if let Ok(status) = node.status.lock() {
+        for (url, state) in &status.software {
+            println!("software {url}: {state}");
+        }
+        for (partition, state) in &status.partitions {
+            if state != "free" {
+                println!("{partition}: {state}");
+            }
+        }
+    }
+}
