@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use slapos_node::instance::{effective_parameters, validate_parameters};
-use slapos_node::manifest::Manifest;
+use slapos_release::{effective_parameters, validate_parameters, Manifest};
 
 #[test]
 fn every_release_parses_and_accepts_its_defaults() {

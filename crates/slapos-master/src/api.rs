@@ -515,6 +515,17 @@ async fn do_request(
         shared: body.shared,
         requester: Requester::User,
     };
+    if input.state != Some(InstanceState::Destroyed) {
+        state
+            .schemas
+            .check(
+                &input.software_release,
+                &input.software_type,
+                input.shared,
+                &input.parameters,
+            )
+            .await?;
+    }
     let config = state.engine.clone();
     let store = state.store.clone();
     let instance = store

@@ -684,6 +684,12 @@ async fn request_computer_partition(
     if let Some(forward) = forward {
         return forward_request(&state, forward, body).await;
     }
+    if requested_state != Some(InstanceState::Destroyed) {
+        state
+            .schemas
+            .check(&software_release, &software_type, shared, &parameters)
+            .await?;
+    }
     let input = RequestInput {
         software_release,
         title,

@@ -6,6 +6,7 @@ pub mod api;
 pub mod engine;
 pub mod error;
 pub mod legacy;
+pub mod schemas;
 pub mod server;
 pub mod views;
 

@@ -54,6 +54,8 @@ pub struct AppState {
     pub software_products: Arc<Vec<(String, String)>>,
     pub forwards: Arc<Vec<Forward>>,
     pub http: reqwest::Client,
+    /// Parameter schemas of native releases.
+    pub schemas: Arc<crate::schemas::Schemas>,
     /// Random per process: lets a caller tell whether a URL is this master.
     pub run_id: Arc<String>,
     /// Bumped after every change nodes should react to (for watchers).
@@ -71,6 +73,7 @@ impl AppState {
             engine: config.engine.clone(),
             software_products: Arc::new(config.software_products.clone()),
             forwards: Arc::new(config.forwards.clone()),
+            schemas: Arc::new(crate::schemas::Schemas::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()

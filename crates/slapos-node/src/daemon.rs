@@ -30,7 +30,12 @@ pub struct Node {
     pub client: SlapClient,
     pub deployer: Deployer,
     pub status: Arc<Mutex<NodeStatus>>,
+    /// Releases whose install failed, and when: retried after a pause, not on every pass.
+    failed_installs: Mutex<BTreeMap<String, std::time::Instant>>,
 }
+
+/// How long a failed install waits before it is tried again.
+const INSTALL_RETRY: Duration = Duration::from_secs(60);
 
 impl Node {
     pub fn open(config: NodeConfig, formatted: Formatted) -> anyhow::Result<Node> {
@@ -48,6 +53,7 @@ impl Node {
             client,
             config,
             status: Arc::new(Mutex::new(NodeStatus::default())),
+            failed_installs: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -89,67 +95,20 @@ impl Node {
     /// Installs what is supplied, removes what is to be destroyed, reporting each.
     pub async fn software_step(&self, target: &ComputerTarget) -> usize {
         let mut failures = 0;
-        let computer = &self.config.computer_id;
-        let installer = &self.deployer.installer;
-        let jobs = target.software.iter().map(|sw| async move {
-            let url = sw.url.as_str();
-            if sw.requested_state == "destroyed" {
-                let result = installer.remove(url).await;
-                if result.is_ok() {
-                    let _ = self
-                        .client
-                        .report_software(computer, url, "destroyed", None)
-                        .await;
-                }
-                return (
-                    url.to_string(),
-                    result
-                        .map(|_| "destroyed".to_string())
-                        .map_err(|e| e.to_string()),
-                );
-            }
-            if installer.installed(url).is_some() {
-                return (url.to_string(), Ok("available".to_string()));
-            }
-            let _ = self
-                .client
-                .report_software(computer, url, "building", None)
-                .await;
-            match installer.install(url).await {
-                Ok(_) => {
-                    let _ = self
-                        .client
-                        .report_software(computer, url, "available", None)
-                        .await;
-                    (url.to_string(), Ok("available".to_string()))
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    let _ = self
-                        .client
-                        .report_software(computer, url, "error", Some(&message))
-                        .await;
-                    (url.to_string(), Err(message))
-                }
-            }
-        });
+        type Job<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = (String, Result<String, String>)> + Send + 'a>,
+        >;
+        let jobs: Vec<Job<'_>> = target
+            .software
+            .iter()
+            .map(|sw| Box::pin(self.converge_software(sw)) as Job<'_>)
+            .collect();
         // Two at a time: installs are mostly downloads and unpacking.
-        let mut results = Vec::new();
-        let jobs: Vec<_> = jobs.collect();
-        let mut iter = jobs.into_iter();
-        loop {
-            let batch: Vec<_> = iter.by_ref().take(2).collect();
-            if batch.is_empty() {
-                break;
-            }
-            let mut handles = Vec::new();
-            for job in batch {
-                handles.push(job);
-            }
-            for job in handles {
-                results.push(job.await);
-            }
-        }
+        use futures::stream::StreamExt;
+        let results: Vec<_> = futures::stream::iter(jobs)
+            .buffer_unordered(2)
+            .collect()
+            .await;
         for (url, result) in results {
             let text = match result {
                 Ok(s) => s,
@@ -164,6 +123,76 @@ impl Node {
             });
         }
         failures
+    }
+
+    /// Installs or removes one release, reporting to the master.
+    async fn converge_software(
+        &self,
+        sw: &slapos_client::node::SuppliedSoftware,
+    ) -> (String, Result<String, String>) {
+        let computer = &self.config.computer_id;
+        let installer = &self.deployer.installer;
+        let url = sw.url.as_str();
+        if sw.requested_state == "destroyed" {
+            let result = installer.remove(url).await;
+            if result.is_ok() {
+                let _ = self
+                    .client
+                    .report_software(computer, url, "destroyed", None)
+                    .await;
+            }
+            return (
+                url.to_string(),
+                result
+                    .map(|_| "destroyed".to_string())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        if installer.installed(url).is_some() {
+            return (url.to_string(), Ok("available".to_string()));
+        }
+        let recently_failed = self
+            .failed_installs
+            .lock()
+            .ok()
+            .and_then(|f| f.get(url).map(|at| at.elapsed() < INSTALL_RETRY))
+            .unwrap_or(false);
+        if recently_failed {
+            let previous = self
+                .status
+                .lock()
+                .ok()
+                .and_then(|s| s.software.get(url).cloned())
+                .unwrap_or_default();
+            return (
+                url.to_string(),
+                Err(previous.trim_start_matches("error: ").to_string()),
+            );
+        }
+        let _ = self
+            .client
+            .report_software(computer, url, "building", None)
+            .await;
+        match installer.install(url).await {
+            Ok(_) => {
+                let _ = self
+                    .client
+                    .report_software(computer, url, "available", None)
+                    .await;
+                (url.to_string(), Ok("available".to_string()))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let _ = self
+                    .client
+                    .report_software(computer, url, "error", Some(&message))
+                    .await;
+                if let Ok(mut f) = self.failed_installs.lock() {
+                    f.insert(url.to_string(), std::time::Instant::now());
+                }
+                (url.to_string(), Err(message))
+            }
+        }
     }
 
     /// Processes every partition; returns how many still need attention.
@@ -228,10 +257,14 @@ impl Node {
                 return Err(e.into());
             }
         };
-        let failures = self.software_step(&target).await;
-        let pending = self.instance_step(&target, force).await;
+        // Instances of installed releases do not wait for other installs.
+        // Failed installs are reported and retried later; they do not make the loop spin.
+        let (_failures, pending) = tokio::join!(
+            self.software_step(&target),
+            self.instance_step(&target, force)
+        );
         self.set_status(|s| s.passes += 1);
-        Ok(failures + pending)
+        Ok(pending)
     }
 
     /// `slapos node run`: converge, then wait for a change (or retry soon if

@@ -157,98 +157,7 @@ pub fn resolve_url(base: &str, relative: &str) -> String {
     }
 }
 
-/// Parameters as the templates see them: the request's values, the keys of a
-/// JSON `_` parameter (json-in-xml serialisation), and the schema's defaults.
-pub fn effective_parameters(
-    raw: &BTreeMap<String, Option<String>>,
-    schema: Option<&serde_json::Value>,
-) -> Result<serde_json::Map<String, serde_json::Value>, DeployError> {
-    let mut params = serde_json::Map::new();
-    for (k, v) in raw {
-        if k == "_" {
-            if let Some(text) = v {
-                match serde_json::from_str::<serde_json::Value>(text) {
-                    Ok(serde_json::Value::Object(map)) => params.extend(map),
-                    _ => {
-                        return Err(DeployError::Parameters(
-                            "parameter '_' is not a JSON object".into(),
-                        ))
-                    }
-                }
-            }
-            continue;
-        }
-        params.insert(
-            k.clone(),
-            v.clone()
-                .map_or(serde_json::Value::Null, serde_json::Value::String),
-        );
-    }
-    if let Some(schema) = schema {
-        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
-            for (name, prop) in props {
-                if let (false, Some(default)) = (params.contains_key(name), prop.get("default")) {
-                    params.insert(name.clone(), default.clone());
-                }
-            }
-        }
-    }
-    Ok(params)
-}
-
-/// Checks parameters against a schema; values that arrived as strings are
-/// also accepted where the schema wants a number or a boolean (the legacy
-/// protocol stringifies every value).
-pub fn validate_parameters(
-    params: &serde_json::Map<String, serde_json::Value>,
-    schema: &serde_json::Value,
-) -> Result<(), String> {
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| format!("the release's parameter schema is invalid: {e}"))?;
-    let typed: serde_json::Map<String, serde_json::Value> = params
-        .iter()
-        .map(|(k, v)| {
-            let wanted = schema
-                .pointer(&format!("/properties/{k}/type"))
-                .and_then(|t| t.as_str());
-            let v = match (v, wanted) {
-                (serde_json::Value::String(s), Some("integer")) => {
-                    s.parse::<i64>().map(Into::into).unwrap_or(v.clone())
-                }
-                (serde_json::Value::String(s), Some("number")) => s
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .map(Into::into)
-                    .unwrap_or(v.clone()),
-                (serde_json::Value::String(s), Some("boolean")) => match s.as_str() {
-                    "true" | "True" => true.into(),
-                    "false" | "False" => false.into(),
-                    _ => v.clone(),
-                },
-                _ => v.clone(),
-            };
-            (k.clone(), v)
-        })
-        .collect();
-    let instance = serde_json::Value::Object(typed);
-    let errors: Vec<String> = validator
-        .iter_errors(&instance)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            if at.is_empty() {
-                e.to_string()
-            } else {
-                format!("{}: {e}", at.trim_start_matches('/'))
-            }
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
-}
+pub use slapos_release::{effective_parameters, validate_parameters};
 
 /// Random passwords kept for the partition's whole life.
 #[derive(Clone, Default)]
@@ -483,7 +392,8 @@ impl Deployer {
                         .collect::<Vec<_>>()
                         .join(", "),
                 })?;
-        let params = effective_parameters(&target.parameters, software_type.parameters.as_ref())?;
+        let params = effective_parameters(&target.parameters, software_type.parameters.as_ref())
+            .map_err(|e| DeployError::Parameters(e.to_string()))?;
         if let Some(schema) = &software_type.parameters {
             validate_parameters(&params, schema).map_err(DeployError::Parameters)?;
         }
@@ -850,7 +760,8 @@ impl Deployer {
         let Some(software_type) = installed.manifest.software_type(&type_name) else {
             return Ok(());
         };
-        let params = effective_parameters(&target.parameters, software_type.parameters.as_ref())?;
+        let params = effective_parameters(&target.parameters, software_type.parameters.as_ref())
+            .map_err(|e| DeployError::Parameters(e.to_string()))?;
         let path = self.config.partition_path(&target.reference);
         let (ctx, secrets) = self.context(
             target,
@@ -890,21 +801,5 @@ mod tests {
             resolve_url("file:///c/a/software.toml", "https://x/y.toml"),
             "https://x/y.toml"
         );
-    }
-
-    #[test]
-    fn parameters_get_defaults_and_are_validated() {
-        let schema = serde_json::json!({"type": "object", "properties": {
-            "maxmemory": {"type": "string", "default": "64mb"},
-            "port": {"type": "integer", "minimum": 1}}, "additionalProperties": false});
-        let raw = BTreeMap::from([("port".to_string(), Some("0".to_string()))]);
-        let params = effective_parameters(&raw, Some(&schema)).unwrap();
-        assert_eq!(params["maxmemory"], "64mb");
-        let err = validate_parameters(&params, &schema).unwrap_err();
-        assert!(err.contains("port"), "{err}");
-        let raw = BTreeMap::from([("port".to_string(), Some("6379".to_string()))]);
-        validate_parameters(&effective_parameters(&raw, Some(&schema)).unwrap(), &schema).unwrap();
-        let raw = BTreeMap::from([("_".to_string(), Some("{\"port\": 7}".to_string()))]);
-        assert_eq!(effective_parameters(&raw, None).unwrap()["port"], 7);
     }
 }

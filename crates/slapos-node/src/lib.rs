@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod format;
 pub mod instance;
-pub mod manifest;
+/// The release format, shared with the master.
+pub use slapos_release as manifest;
 pub mod software;
 pub mod supervisor;

@@ -365,3 +365,84 @@ async fn two_masters_on_one_postgresql_allocate_distinct_partitions() {
     .join()
     .unwrap();
 }
+
+/// A native release's parameter schema is enforced at request time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_refused_at_request_time() {
+    let server = common::start_proxy("COMP-S", None);
+    let base = &server.url;
+    let http = reqwest::Client::new();
+    register(&http, base, "COMP-S", 2).await;
+    let manifest = server.dir.path().join("software.toml");
+    std::fs::write(
+        &manifest,
+        r#"name = "cache"
+[type.default]
+parameters = { type = "object", additionalProperties = false, properties = { memory = { type = "integer", minimum = 8 }, policy = { type = "string", enum = ["lru", "none"] } } }
+"#,
+    )
+    .unwrap();
+    let url = format!("file://{}", manifest.display());
+    let request = |title: &str, params: &str| {
+        form(&[
+            ("software_release", &url),
+            ("partition_reference", title),
+            ("partition_parameter_xml", params),
+            ("filter_xml", EMPTY_DICT),
+            ("software_type", "default"),
+            ("state", "<marshal><none/></marshal>"),
+            ("shared_xml", "<marshal><bool>0</bool></marshal>"),
+        ])
+    };
+    let low = "<marshal><dictionary id=\"i2\"><string>memory</string><string>4</string></dictionary></marshal>";
+    let (status, body) = post(
+        &http,
+        &format!("{base}/requestComputerPartition"),
+        request("c1", low),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("memory"),
+        "the message names the parameter: {body}"
+    );
+    let unknown = "<marshal><dictionary id=\"i2\"><string>colour</string><string>red</string></dictionary></marshal>";
+    let (status, body) = post(
+        &http,
+        &format!("{base}/requestComputerPartition"),
+        request("c1", unknown),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("colour"), "{body}");
+    assert_eq!(
+        free_partitions(&http, base, "COMP-S").await,
+        2,
+        "nothing allocated"
+    );
+    let good = "<marshal><dictionary id=\"i2\"><string>memory</string><int>64</int><string>policy</string><string>lru</string></dictionary></marshal>";
+    let (status, body) = post(
+        &http,
+        &format!("{base}/requestComputerPartition"),
+        request("c1", good),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Same rule on the JSON API, and unknown software types are named.
+    let r = http
+        .post(format!("{base}/api/v1/instances"))
+        .json(&json!({"software_release": url, "title": "c2", "parameters": {"policy": "fifo"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("policy"));
+    let r = http
+        .post(format!("{base}/api/v1/instances"))
+        .json(&json!({"software_release": url, "title": "c3", "software_type": "replica"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("replica"));
+}

@@ -1,4 +1,6 @@
-//! The native software release format: a TOML manifest named by the
+//! The native software release format (shared by the node, which installs
+//! and instantiates releases, and the master, which checks request
+//! parameters against their schema): a TOML manifest named by the
 //! release URL (`file://`, `http(s)://` or an absolute path). It says how to
 //! install the software once per computer and, per software type, how to
 //! instantiate it in a partition. docs/software-release.md is the reference.
@@ -246,6 +248,99 @@ impl Manifest {
     }
 }
 
+/// Parameters as the templates see them: the request's values, the keys of a
+/// JSON `_` parameter (json-in-xml serialisation), and the schema's defaults.
+pub fn effective_parameters(
+    raw: &std::collections::BTreeMap<String, Option<String>>,
+    schema: Option<&serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ManifestError> {
+    let mut params = serde_json::Map::new();
+    for (k, v) in raw {
+        if k == "_" {
+            if let Some(text) = v {
+                match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(serde_json::Value::Object(map)) => params.extend(map),
+                    _ => {
+                        return Err(ManifestError::Invalid(
+                            "parameter '_' is not a JSON object".into(),
+                        ))
+                    }
+                }
+            }
+            continue;
+        }
+        params.insert(
+            k.clone(),
+            v.clone()
+                .map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+    }
+    if let Some(schema) = schema {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, prop) in props {
+                if let (false, Some(default)) = (params.contains_key(name), prop.get("default")) {
+                    params.insert(name.clone(), default.clone());
+                }
+            }
+        }
+    }
+    Ok(params)
+}
+
+/// Checks parameters against a schema; values that arrived as strings are
+/// also accepted where the schema wants a number or a boolean (the legacy
+/// protocol stringifies every value).
+pub fn validate_parameters(
+    params: &serde_json::Map<String, serde_json::Value>,
+    schema: &serde_json::Value,
+) -> Result<(), String> {
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| format!("the release's parameter schema is invalid: {e}"))?;
+    let typed: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(k, v)| {
+            let wanted = schema
+                .pointer(&format!("/properties/{k}/type"))
+                .and_then(|t| t.as_str());
+            let v = match (v, wanted) {
+                (serde_json::Value::String(s), Some("integer")) => {
+                    s.parse::<i64>().map(Into::into).unwrap_or(v.clone())
+                }
+                (serde_json::Value::String(s), Some("number")) => s
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Into::into)
+                    .unwrap_or(v.clone()),
+                (serde_json::Value::String(s), Some("boolean")) => match s.as_str() {
+                    "true" | "True" => true.into(),
+                    "false" | "False" => false.into(),
+                    _ => v.clone(),
+                },
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let instance = serde_json::Value::Object(typed);
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{}: {e}", at.trim_start_matches('/'))
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 /// A path inside the partition or release: relative, no `..`.
 fn check_relative(path: &str) -> Result<(), ManifestError> {
     if path.is_empty() || path.starts_with('/') || path.split('/').any(|s| s == "..") {
@@ -259,6 +354,26 @@ fn check_relative(path: &str) -> Result<(), ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_get_defaults_and_are_validated() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "maxmemory": {"type": "string", "default": "64mb"},
+            "port": {"type": "integer", "minimum": 1}}, "additionalProperties": false});
+        let raw = std::collections::BTreeMap::from([("port".to_string(), Some("0".to_string()))]);
+        let params = effective_parameters(&raw, Some(&schema)).unwrap();
+        assert_eq!(params["maxmemory"], "64mb");
+        let err = validate_parameters(&params, &schema).unwrap_err();
+        assert!(err.contains("port"), "{err}");
+        let raw =
+            std::collections::BTreeMap::from([("port".to_string(), Some("6379".to_string()))]);
+        validate_parameters(&effective_parameters(&raw, Some(&schema)).unwrap(), &schema).unwrap();
+        let raw = std::collections::BTreeMap::from([(
+            "_".to_string(),
+            Some("{\"port\": 7}".to_string()),
+        )]);
+        assert_eq!(effective_parameters(&raw, None).unwrap()["port"], 7);
+    }
 
     const REDIS: &str = r#"
 name = "redis"
