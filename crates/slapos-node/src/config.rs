@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub poll_interval: u64,
     /// Seconds a promise may take to turn green after (re)starting services.
     pub promise_timeout: u64,
+    /// Seconds between two usage reports of `slapos node run`.
+    pub report_interval: u64,
 }
 
 impl NodeConfig {
@@ -57,6 +59,7 @@ impl NodeConfig {
             ports_per_partition: 10,
             poll_interval: 5,
             promise_timeout: 30,
+            report_interval: 600,
         }
     }
 

@@ -245,6 +245,21 @@ impl Node {
         }
     }
 
+    /// `slapos node report`: measures every partition and sends the journal.
+    pub async fn report_usage(&self) -> anyhow::Result<Vec<crate::usage::PartitionUsage>> {
+        let usage = crate::usage::measure(&self.config, self.supervisor());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let stamp = now.to_string();
+        let journal = crate::usage::tioxml(&self.config.computer_id, &stamp, &stamp, &usage);
+        self.client
+            .use_computer(&self.config.computer_id, &journal)
+            .await?;
+        Ok(usage)
+    }
+
     /// One full pass: read the master, install, deploy.
     pub async fn converge_once(&self, force: bool) -> anyhow::Result<usize> {
         let target = match self.client.computer_target(&self.config.computer_id).await {
@@ -274,7 +289,14 @@ impl Node {
         self.restore().await;
         tokio::pin!(shutdown);
         let mut version: Option<String> = None;
+        let mut last_report = std::time::Instant::now();
         loop {
+            if last_report.elapsed() >= Duration::from_secs(self.config.report_interval) {
+                last_report = std::time::Instant::now();
+                if let Err(e) = self.report_usage().await {
+                    tracing::warn!(error = %e, "usage report not sent; next one at the next interval");
+                }
+            }
             let pending = match self.converge_once(false).await {
                 Ok(p) => p,
                 Err(e) => {

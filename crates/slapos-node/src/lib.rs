@@ -10,3 +10,4 @@ pub mod instance;
 pub use slapos_release as manifest;
 pub mod software;
 pub mod supervisor;
+pub mod usage;

@@ -128,6 +128,11 @@ enum NodeAction {
         #[arg(long)]
         force: bool,
     },
+    /// Send each partition's resource usage to the master.
+    Report {
+        #[arg(long)]
+        cfg: Option<PathBuf>,
+    },
     /// Converge continuously: software, instances, supervision.
     Run {
         #[arg(long)]
@@ -310,6 +315,9 @@ async fn run(command: Command) -> Result<i32> {
                 }
                 NodeAction::Instance { cfg, force } => {
                     cmd::node::instance(&cmd::node::load(cfg.as_deref())?, force).await
+                }
+                NodeAction::Report { cfg } => {
+                    cmd::node::report(&cmd::node::load(cfg.as_deref())?).await
                 }
                 NodeAction::Run { cfg } => cmd::node::run(&cmd::node::load(cfg.as_deref())?).await,
             };

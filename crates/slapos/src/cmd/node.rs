@@ -58,6 +58,11 @@ pub fn node_config(cfg: &SlaposConfig) -> Result<NodeConfig> {
             .parse()
             .context("[slapos-node] poll_interval must be seconds")?;
     }
+    if let Some(v) = cfg.get("slapos-node", "report_interval") {
+        c.report_interval = v
+            .parse()
+            .context("[slapos-node] report_interval must be seconds")?;
+    }
     if let Some(v) = cfg.get("slapos-node", "promise_timeout") {
         c.promise_timeout = v
             .parse()
@@ -111,6 +116,23 @@ pub async fn instance(config: &NodeConfig, force: bool) -> Result<i32> {
     print_status(&node);
     node.supervisor().clone().detach_ref().await;
     Ok(if pending > 0 { 1 } else { 0 })
+}
+
+pub async fn report(config: &NodeConfig) -> Result<i32> {
+    let node = open_node(config)?;
+    let usage = node.report_usage().await?;
+    for u in &usage {
+        println!(
+            "{}: {:.2} s CPU, {:.1} MiB memory, {:.1} MiB disk, {} processes",
+            u.partition,
+            u.cpu_seconds,
+            u.memory_bytes as f64 / 1048576.0,
+            u.disk_bytes as f64 / 1048576.0,
+            u.processes
+        );
+    }
+    node.supervisor().clone().detach_ref().await;
+    Ok(0)
 }
 
 pub async fn run(config: &NodeConfig) -> Result<i32> {
