@@ -216,6 +216,8 @@ impl Renderer {
     fn new(secrets: Secrets) -> Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // Configuration files end with a newline, as written in the manifest.
+        env.set_keep_trailing_newline(true);
         env.add_function("secret", move |name: String| secrets.get(&name));
         Renderer { env }
     }
