@@ -277,8 +277,8 @@ struct WatchQuery {
 
 /// Long poll for nodes: answers as soon as the computer's version differs
 /// from `since`, or after the timeout with the same version. Changes made by
-/// this process wake watchers at once; changes made by other masters sharing
-/// the database are seen within two seconds.
+/// this process, or by other masters sharing a PostgreSQL database (LISTEN/
+/// NOTIFY), wake watchers at once.
 async fn watch_computer(
     State(state): State<AppState>,
     Path(reference): Path<String>,
@@ -287,10 +287,9 @@ async fn watch_computer(
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(query.timeout.unwrap_or(25).min(60));
     let mut changes = state.changes.subscribe();
-    let recheck = match state.store.dialect() {
-        slapos_store::Dialect::Postgres => std::time::Duration::from_secs(2),
-        slapos_store::Dialect::Sqlite => std::time::Duration::from_secs(60),
-    };
+    // Other masters' commits arrive through the store's change notifications;
+    // the recheck is only a safety net.
+    let recheck = std::time::Duration::from_secs(30);
     loop {
         let r = reference.clone();
         let version = read(&state, move |db| {

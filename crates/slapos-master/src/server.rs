@@ -134,7 +134,11 @@ pub async fn serve(
     config: MasterConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AppState::new(store, &config);
+    let state = AppState::new(store.clone(), &config);
+    let changes = state.changes.clone();
+    store.subscribe_external_changes(Box::new(move || {
+        changes.send_modify(|v| *v = v.wrapping_add(1))
+    }));
     let app = router(state, &config);
     axum::serve(
         listener,

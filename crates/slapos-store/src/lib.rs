@@ -149,6 +149,15 @@ impl Store {
         }
     }
 
+    /// Calls `on_change` when another process commits to the same database
+    /// (PostgreSQL: several masters). A SQLite store has one writer process,
+    /// whose own changes its callers already know about: nothing to do.
+    pub fn subscribe_external_changes(&self, on_change: Box<dyn Fn() + Send>) {
+        if let Backend::Postgres(p) = &*self.backend {
+            p.subscribe(on_change);
+        }
+    }
+
     /// Synchronous variant of [`Store::read`] for tools and tests.
     pub fn read_blocking<T, E, F>(&self, job: F) -> Result<T, E>
     where

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 
@@ -45,6 +46,7 @@ impl r2d2::ManageConnection for Manager {
 pub(crate) struct PgStore {
     /// Always `Some` until dropped.
     pool: Option<r2d2::Pool<Manager>>,
+    config: postgres::Config,
 }
 
 impl Drop for PgStore {
@@ -65,8 +67,13 @@ impl PgStore {
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(2))
             .connection_timeout(std::time::Duration::from_secs(15))
-            .build(Manager { config })?;
-        let store = PgStore { pool: Some(pool) };
+            .build(Manager {
+                config: config.clone(),
+            })?;
+        let store = PgStore {
+            pool: Some(pool),
+            config,
+        };
         let mut conn = store.pool().get()?;
         // Two masters starting at once must not both migrate.
         conn.client
@@ -86,6 +93,32 @@ impl PgStore {
             }
         }
         Ok(store)
+    }
+
+    /// Calls `on_change` whenever any process commits a write to this
+    /// database (LISTEN/NOTIFY on a dedicated connection, reconnecting).
+    pub(crate) fn subscribe(&self, on_change: Box<dyn Fn() + Send>) {
+        let config = self.config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pg-listen".into())
+            .spawn(move || loop {
+                match config.connect(NoTls) {
+                    Ok(mut client) => {
+                        if client.batch_execute("LISTEN slapos_changes").is_ok() {
+                            let mut notifications = client.notifications();
+                            let mut iter = notifications.blocking_iter();
+                            while let Ok(Some(_)) = iter.next() {
+                                on_change();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot listen for changes; retrying"),
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the change listener");
+        }
     }
 
     fn pool(&self) -> &r2d2::Pool<Manager> {
@@ -115,7 +148,11 @@ impl PgStore {
                 let retryable = db.retryable;
                 match result {
                     Ok(value) => match conn.client.batch_execute("COMMIT") {
-                        Ok(()) => return Ok(value),
+                        Ok(()) => {
+                            // Wakes the watchers of every master sharing this database.
+                            let _ = conn.client.batch_execute("NOTIFY slapos_changes");
+                            return Ok(value);
+                        }
                         Err(e) => {
                             let e = StoreError::from(e);
                             if !(e.is_retryable() && attempt < MAX_ATTEMPTS) {

@@ -446,3 +446,71 @@ parameters = { type = "object", additionalProperties = false, properties = { mem
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().await.unwrap().contains("replica"));
 }
+
+/// A node watching one master is woken at once by a change made through
+/// another master of the same PostgreSQL database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_wakes_across_masters() {
+    let Ok(admin) = std::env::var("SLAPOS_TEST_POSTGRES") else {
+        eprintln!("SLAPOS_TEST_POSTGRES not set: skipped");
+        return;
+    };
+    let name = format!("slapos_watch_{}", std::process::id());
+    let (admin2, name2) = (admin.clone(), name.clone());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin2, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name2} WITH (FORCE)"))
+            .unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name2}"))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let masters = [common::start_master(&url), common::start_master(&url)];
+    let http = reqwest::Client::new();
+    register(&http, &masters[0].url, "COMP-W", 2).await;
+    let watch_url = format!("{}/api/v1/computers/COMP-W/watch", masters[1].url);
+    let (_, body) = get(&http, &format!("{watch_url}?timeout=1")).await;
+    let version = serde_json::from_str::<Value>(&body).unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let watcher = {
+        let http = http.clone();
+        let url = format!("{watch_url}?timeout=20&since={version}");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (_, body) = get(&http, &url).await;
+            (
+                started.elapsed(),
+                serde_json::from_str::<Value>(&body).unwrap()["version"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = post(
+        &http,
+        &format!("{}/requestComputerPartition", masters[0].url),
+        request_form("w1", "COMP-W", EMPTY_DICT),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (waited, new_version) = watcher.await.unwrap();
+    assert_ne!(new_version, version);
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "woken after {waited:?}"
+    );
+    drop(masters);
+    std::thread::spawn(move || {
+        if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    })
+    .join()
+    .unwrap();
+}

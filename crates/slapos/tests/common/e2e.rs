@@ -46,7 +46,10 @@ pub fn wait_for<T>(
             return v;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -96,7 +99,11 @@ pub fn processes_under(dir: &Path) -> Vec<ProcInfo> {
         return out;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me || is_zombie(pid) {
@@ -113,9 +120,11 @@ pub fn processes_under(dir: &Path) -> Vec<ProcInfo> {
             .unwrap_or_default();
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
         let under = cwd.starts_with(dir)
-            || cmdline
-                .split(' ')
-                .any(|arg| arg == dir_text || arg.starts_with(&format!("{dir_text}/")) || arg.contains(&format!("={dir_text}/")));
+            || cmdline.split(' ').any(|arg| {
+                arg == dir_text
+                    || arg.starts_with(&format!("{dir_text}/"))
+                    || arg.contains(&format!("={dir_text}/"))
+            });
         if under && !is_zombie(pid) {
             out.push(ProcInfo { pid, cmdline, cwd });
         }
@@ -188,7 +197,13 @@ impl Daemon {
     }
 
     /// Like [`Daemon::spawn`] with a prepared command (`ip netns exec ...`).
-    pub fn spawn_with(name: &str, mut command: Command, args: &[&str], cwd: &Path, log_dir: &Path) -> Daemon {
+    pub fn spawn_with(
+        name: &str,
+        mut command: Command,
+        args: &[&str],
+        cwd: &Path,
+        log_dir: &Path,
+    ) -> Daemon {
         let n = DAEMON_SEQ.fetch_add(1, Ordering::Relaxed);
         let log = log_dir.join(format!("{name}-{n}.err"));
         let out = log_dir.join(format!("{name}-{n}.out"));
@@ -271,7 +286,12 @@ impl Daemon {
         let text = strip_ansi(&self.log_text());
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        format!("--- {} ({}) ---\n{}\n", self.name, self.log.display(), all[start..].join("\n"))
+        format!(
+            "--- {} ({}) ---\n{}\n",
+            self.name,
+            self.log.display(),
+            all[start..].join("\n")
+        )
     }
 }
 
@@ -338,7 +358,10 @@ pub fn repo_root() -> PathBuf {
 
 /// `file://` URL of a catalog release of the repository.
 pub fn catalog_url(name: &str) -> String {
-    format!("file://{}/catalog/{name}/software.toml", repo_root().display())
+    format!(
+        "file://{}/catalog/{name}/software.toml",
+        repo_root().display()
+    )
 }
 
 /// What the reference names a release directory: md5 hex of the URL.
@@ -348,7 +371,12 @@ pub fn md5_hex(text: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .expect("md5sum");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -358,7 +386,10 @@ pub fn md5_hex(text: &str) -> String {
 }
 
 pub fn sha256_hex_of_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -477,7 +508,10 @@ impl Resp {
     fn read_line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
@@ -551,8 +585,10 @@ pub fn memcached_exchange(addr: &str, request: &str) -> std::io::Result<String> 
         }
         out.push_str(&line);
         let l = line.trim_end();
-        if matches!(l, "STORED" | "NOT_STORED" | "END" | "ERROR" | "DELETED" | "NOT_FOUND")
-            || l.starts_with("CLIENT_ERROR")
+        if matches!(
+            l,
+            "STORED" | "NOT_STORED" | "END" | "ERROR" | "DELETED" | "NOT_FOUND"
+        ) || l.starts_with("CLIENT_ERROR")
             || l.starts_with("SERVER_ERROR")
             || l.starts_with("VERSION")
         {
@@ -577,8 +613,8 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("no address")?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("{url}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("{url}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -639,13 +675,28 @@ impl Netns {
     /// Creates namespace `ns` joined to the host by a veth pair: `host_ip/24`
     /// on the host side (`host_link`), `ns_ip/24` inside with a default route
     /// through the host side, and `lo` up.
-    pub fn add(&mut self, ns: &str, host_link: &str, ns_link: &str, host_ip: &str, ns_ip: &str) -> Result<(), String> {
+    pub fn add(
+        &mut self,
+        ns: &str,
+        host_link: &str,
+        ns_link: &str,
+        host_ip: &str,
+        ns_ip: &str,
+    ) -> Result<(), String> {
         run("ip", &["netns", "add", ns])?;
         self.namespaces.push(ns.to_string());
-        run("ip", &["link", "add", host_link, "type", "veth", "peer", "name", ns_link])?;
+        run(
+            "ip",
+            &[
+                "link", "add", host_link, "type", "veth", "peer", "name", ns_link,
+            ],
+        )?;
         self.links.push(host_link.to_string());
         run("ip", &["link", "set", ns_link, "netns", ns])?;
-        run("ip", &["addr", "add", &format!("{host_ip}/24"), "dev", host_link])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/24"), "dev", host_link],
+        )?;
         run("ip", &["link", "set", host_link, "up"])?;
         let in_ns = |args: &[&str]| {
             let mut all = vec!["netns", "exec", ns];
