@@ -66,7 +66,7 @@ pub struct Store {
 
 enum Backend {
     Sqlite(sqlite_backend::SqliteStore),
-    Postgres(postgres_backend::PgStore),
+    Postgres(Box<postgres_backend::PgStore>),
 }
 
 /// Options of [`Store::open`].
@@ -93,7 +93,7 @@ impl Store {
     /// for PostgreSQL.
     pub fn open(uri: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         let backend = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-            Backend::Postgres(postgres_backend::PgStore::open(uri, options)?)
+            Backend::Postgres(Box::new(postgres_backend::PgStore::open(uri, options)?))
         } else {
             let path = uri.strip_prefix("sqlite://").unwrap_or(uri);
             if path.is_empty() {
