@@ -103,7 +103,25 @@ fn open_node(config: &NodeConfig) -> Result<Node> {
 pub async fn software(config: &NodeConfig) -> Result<i32> {
     let node = open_node(config)?;
     let target = node.client.computer_target(&config.computer_id).await?;
-    let failures = node.software_step(&target).await;
+    let wanted: Vec<String> = target.software.iter().map(|s| s.url.clone()).collect();
+    let failures = if std::io::IsTerminal::is_terminal(&std::io::stdout()) && !wanted.is_empty() {
+        // A spinner naming what is still being installed.
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        let step = node.software_step(&target);
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                failures = &mut step => { bar.finish_and_clear(); break failures; }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    let done = node.status.lock().map(|s| s.software.len()).unwrap_or(0);
+                    bar.set_message(format!("software releases: {done}/{} done", wanted.len()));
+                }
+            }
+        }
+    } else {
+        node.software_step(&target).await
+    };
     print_status(&node);
     node.supervisor().clone().detach_ref().await;
     Ok(if failures > 0 { 1 } else { 0 })
