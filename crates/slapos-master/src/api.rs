@@ -287,6 +287,7 @@ async fn watch_computer(
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(query.timeout.unwrap_or(25).min(60));
     let mut changes = state.changes.subscribe();
+    let mut stopping = state.stopping.subscribe();
     // Other masters' commits arrive through the store's change notifications;
     // the recheck is only a safety net.
     let recheck = std::time::Duration::from_secs(30);
@@ -302,8 +303,14 @@ async fn watch_computer(
         {
             return Ok(Json(json!({"version": version})));
         }
+        if *stopping.borrow() {
+            return Ok(Json(json!({"version": version})));
+        }
         let wake = (deadline - tokio::time::Instant::now()).min(recheck);
-        let _ = tokio::time::timeout(wake, changes.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(wake, changes.changed()) => {}
+            _ = stopping.changed() => {}
+        }
     }
 }
 

@@ -60,6 +60,8 @@ pub struct AppState {
     pub run_id: Arc<String>,
     /// Bumped after every change nodes should react to (for watchers).
     pub changes: Arc<watch::Sender<u64>>,
+    /// True once the server is stopping: long polls answer at once.
+    pub stopping: Arc<watch::Sender<bool>>,
     contacts: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -80,6 +82,7 @@ impl AppState {
                 .unwrap_or_default(),
             run_id: Arc::new(Alphanumeric.sample_string(&mut rand::rng(), 32)),
             changes: Arc::new(watch::channel(0).0),
+            stopping: Arc::new(watch::channel(false).0),
             contacts: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -139,6 +142,13 @@ pub async fn serve(
     store.subscribe_external_changes(Box::new(move || {
         changes.send_modify(|v| *v = v.wrapping_add(1))
     }));
+    // Long polls answer as soon as the server starts stopping, so that a
+    // graceful shutdown does not wait for every node's watch to time out.
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     let app = router(state, &config);
     axum::serve(
         listener,

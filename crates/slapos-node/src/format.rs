@@ -128,6 +128,17 @@ fn ensure_group(name: &str) -> Result<u32, FormatError> {
 
 fn ensure_user(name: &str, home: &Path, software_group: &str) -> Result<(u32, u32), FormatError> {
     if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+        // A user made for another instance root points its home there: move it.
+        if u.dir != home {
+            let out = run("usermod", &["-d", &home.to_string_lossy(), name])?;
+            if !out.status.success() {
+                tracing::warn!(
+                    user = name,
+                    "usermod -d failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
         return Ok((u.uid.as_raw(), u.gid.as_raw()));
     }
     ensure_group(name)?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use minijinja::{Environment, Value as Tpl};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use slapos_client::node::PartitionTarget;
 use slapos_client::{ClientError, RequestSpec, SlapClient};
 
@@ -470,9 +471,14 @@ impl Deployer {
             let d = path.join(renderer.render("directory", dir, &ctx)?);
             std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
         }
+        // Services restart when a file they read changes: the files' digest
+        // is part of every service's environment, hence of its spec.
+        let mut digest = Sha256::new();
         for f in &software_type.files {
             let file = path.join(renderer.render("file path", &f.path, &ctx)?);
             let content = renderer.render(&f.path, &f.template, &ctx)?;
+            digest.update(file.to_string_lossy().as_bytes());
+            digest.update(content.as_bytes());
             write_if_changed(&file, &content, parse_mode(f.mode.as_deref()))?;
         }
         // Shared instances hosted here.
@@ -493,6 +499,8 @@ impl Deployer {
                 for f in &shared_tpl.files {
                     let file = path.join(renderer.render("shared file path", &f.path, &sctx)?);
                     let content = renderer.render(&f.path, &f.template, &sctx)?;
+                    digest.update(file.to_string_lossy().as_bytes());
+                    digest.update(content.as_bytes());
                     write_if_changed(&file, &content, parse_mode(f.mode.as_deref()))?;
                 }
                 let mut conn = BTreeMap::new();
@@ -508,7 +516,7 @@ impl Deployer {
         secrets.save()?;
         chown_tree(&path, owner);
 
-        let services = self.services(
+        let mut services = self.services(
             reference,
             &path,
             software_type,
@@ -517,6 +525,11 @@ impl Deployer {
             &ctx,
             owner,
         )?;
+        let files_digest = hex::encode(&digest.finalize()[..8]);
+        for s in &mut services {
+            s.env
+                .insert("SLAPOS_FILES_DIGEST".into(), files_digest.clone());
+        }
         record.services = services.clone();
         record.software_release = Some(url.clone());
         record.requested_state = target.requested_state.clone();
@@ -622,6 +635,11 @@ impl Deployer {
             "software_name": manifest.name,
             "computer_id": self.config.computer_id,
             "partition_id": reference,
+            "user": self
+                .formatted
+                .partition(reference)
+                .map(|p| p.user.clone())
+                .unwrap_or_else(|| "nobody".into()),
             "ipv4": ipv4,
             "ipv6": ipv6,
             "ports": ports,
@@ -660,6 +678,8 @@ impl Deployer {
                 argv.push(renderer.render(&format!("service {} argument {i}", s.name), a, ctx)?);
             }
             let mut env: BTreeMap<String, String> = base_env.clone();
+            // The partition is the service's home, whatever the passwd entry says.
+            env.insert("HOME".into(), path.to_string_lossy().into_owned());
             for (k, v) in &s.environment {
                 env.insert(
                     k.clone(),

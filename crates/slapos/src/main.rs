@@ -100,6 +100,9 @@ enum Command {
         partitions: usize,
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// First port of the partitions' port ranges (10 ports each).
+        #[arg(long, default_value_t = 20000)]
+        port_base: u16,
     },
     /// The software releases shipped with slapos-rs.
     Catalog {
@@ -326,11 +329,13 @@ async fn run(command: Command) -> Result<i32> {
             data_dir,
             partitions,
             port,
+            port_base,
         } => {
             cmd::up::up(cmd::up::UpOptions {
                 data_dir,
                 partitions,
                 port,
+                port_base,
             })
             .await?;
         }

@@ -21,6 +21,8 @@ pub struct UpOptions {
     pub data_dir: Option<PathBuf>,
     pub partitions: usize,
     pub port: u16,
+    /// First port of the partitions' ranges.
+    pub port_base: u16,
 }
 
 /// `$XDG_DATA_HOME/slapos`, else `~/.local/share/slapos`.
@@ -37,6 +39,7 @@ pub fn default_data_dir() -> PathBuf {
 fn write_config(
     data: &Path,
     port: u16,
+    port_base: u16,
     partitions: usize,
     catalog: &[(String, String)],
 ) -> Result<PathBuf> {
@@ -50,6 +53,7 @@ fn write_config(
          instance_root = {inst}\nsoftware_root = {soft}\n\n\
          [slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\nsoftware_product_list =\n{aliases}\n\
          [slapformat]\npartition_amount = {partitions}\nalter_network = false\n\n\
+         [slapos-node]\nport_base = {port_base}\n\n\
          [slapconsole]\nalias =\n{aliases}",
         cfg = data.join("slapos.cfg").display(),
         inst = data.join("instance").display(),
@@ -66,7 +70,13 @@ pub async fn up(options: UpOptions) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let catalog =
         slapos_catalog::materialize(&data.join("catalog")).context("cannot write the catalog")?;
-    let cfg_path = write_config(&data, options.port, options.partitions, &catalog)?;
+    let cfg_path = write_config(
+        &data,
+        options.port,
+        options.port_base,
+        options.partitions,
+        &catalog,
+    )?;
     let cfg = SlaposConfig::load(&cfg_path)?;
     let mut node_config = crate::cmd::node::node_config(&cfg)?;
     node_config.poll_interval = 1;

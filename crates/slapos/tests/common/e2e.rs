@@ -69,6 +69,17 @@ pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// Runs `check` (which asserts) over and over for the whole of `window`:
+/// something that must stay true for a while, not a wait.
+pub fn hold_for(window: Duration, mut check: impl FnMut()) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        check();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check();
+}
+
 // ----- processes -----------------------------------------------------------------
 
 /// A process seen in /proc.
@@ -133,11 +144,12 @@ pub fn processes_under(dir: &Path) -> Vec<ProcInfo> {
     out
 }
 
-/// Processes running in exactly this directory (a partition's services).
+/// Processes whose working directory is `dir` or below it (a partition's
+/// services: some change directory, as Redis does to its `dir`).
 pub fn processes_in(dir: &Path) -> Vec<ProcInfo> {
     processes_under(dir)
         .into_iter()
-        .filter(|p| p.cwd == dir)
+        .filter(|p| p.cwd.starts_with(dir))
         .collect()
 }
 
