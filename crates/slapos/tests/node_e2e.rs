@@ -1627,3 +1627,111 @@ fn up_memcached_serves_the_text_protocol() {
     up.shutdown_and_check();
     eprintln!("up_memcached_serves_the_text_protocol: {:?}", t0.elapsed());
 }
+
+/// A release whose instance requests a child (and uses the child's
+/// connection parameters in its own files) and hosts shared instances:
+/// the tree deploys, a shared request gets its own page, and destroying the
+/// root frees every partition.
+#[test]
+fn instance_tree_and_shared_instances() {
+    let hello = catalog_url("hello");
+    let releases = tempfile::tempdir().unwrap();
+    let site_path = releases.path().join("site.toml");
+    std::fs::write(
+        &site_path,
+        format!(
+            r#"name = "site"
+[type.default]
+ports = ["http"]
+directories = ["srv/www"]
+[[type.default.children]]
+title = "backend"
+software = "{hello}"
+parameters = {{ greeting = "Backend of {{{{ instance_title }}}}" }}
+[[type.default.files]]
+path = "srv/www/index.html"
+template = "front of {{{{ children.backend.url if children.backend.url is defined else 'pending' }}}}\n"
+[[type.default.services]]
+name = "http"
+command = ["/usr/bin/python3", "-m", "http.server", "{{{{ ports.http }}}}", "--bind", "{{{{ ipv4 }}}}", "--directory", "{{{{ partition }}}}/srv/www"]
+[[type.default.promises]]
+name = "http"
+http = "http://{{{{ ipv4 }}}}:{{{{ ports.http }}}}/"
+[type.default.connection]
+url = "http://{{{{ ipv4 }}}}:{{{{ ports.http }}}}/"
+backend = "{{{{ children.backend.url if children.backend.url is defined else '' }}}}"
+[type.default.shared]
+parameters = {{ type = "object", required = ["path"], properties = {{ path = {{ type = "string", pattern = "^[a-z]+\\.html$" }} }} }}
+[type.default.shared.connection]
+site = "http://{{{{ ipv4 }}}}:{{{{ ports.http }}}}/{{{{ shared.parameters.path }}}}"
+[[type.default.shared.files]]
+path = "srv/www/{{{{ shared.parameters.path }}}}"
+template = "shared site {{{{ shared.reference }}}}\n"
+"#
+        ),
+    )
+    .unwrap();
+    let site = format!("file://{}", site_path.display());
+    let mut cluster = Cluster::start("COMP-TREE", 4, &[&hello, &site]);
+    let cfg = cluster.cfg.clone();
+
+    request(&cfg, &["s1", &site]);
+    let info = wait_published(&cfg, "s1", &["url", "backend"], INSTALL, || cluster.logs());
+    let backend = conn(&info, "backend");
+    assert_eq!(
+        http_get(&backend),
+        Ok((200, "Backend of s1 from backend\n".into()))
+    );
+    // The parent's page was re-rendered with its child's URL.
+    let front = conn(&info, "url");
+    wait_for(
+        "the parent's page to show its child's URL",
+        CONVERGE,
+        || (http_get(&front).ok()? == (200, format!("front of {backend}\n"))).then_some(()),
+        || cluster.logs(),
+    );
+    let children = info["children"].as_array().cloned().unwrap_or_default();
+    assert_eq!(children.len(), 1, "{info:#}");
+    assert_eq!(children[0]["title"], "backend");
+
+    // A shared instance hosted by s1, with a bad then a good parameter.
+    let bad = cluster.cli(&[
+        "request",
+        "shop",
+        &site,
+        "--slave",
+        "--parameters",
+        "path=../x",
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("path"), "{}", text(&bad));
+    request(
+        &cfg,
+        &["shop", &site, "--slave", "--parameters", "path=shop.html"],
+    );
+    let shared = wait_for(
+        "the shared instance's connection parameters",
+        CONVERGE,
+        || {
+            let info = service_info(&cfg, "shop").ok()?;
+            let url = conn(&info, "site");
+            (!url.is_empty()).then_some(url)
+        },
+        || cluster.logs(),
+    );
+    assert_eq!(http_get(&shared), Ok((200, "shared site _shop\n".into())));
+
+    // Destroying the root takes its child with it; every partition ends free.
+    request(&cfg, &["s1", &site, "--state", "destroyed"]);
+    wait_for(
+        "every partition to be free",
+        CONVERGE,
+        || (computer_info(&cfg, "COMP-TREE")["computer"]["partitions_free"] == 4).then_some(()),
+        || cluster.logs(),
+    );
+    assert!(
+        http_get(&front).is_err() && http_get(&backend).is_err(),
+        "no service left"
+    );
+    cluster.shutdown_and_check();
+}
