@@ -1672,7 +1672,7 @@ template = "shared site {{{{ shared.reference }}}}\n"
     )
     .unwrap();
     let site = format!("file://{}", site_path.display());
-    let mut cluster = Cluster::start("COMP-TREE", 4, &[&hello, &site]);
+    let cluster = Cluster::start("COMP-TREE", 4, &[&hello, &site]);
     let cfg = cluster.cfg.clone();
 
     request(&cfg, &["s1", &site]);
