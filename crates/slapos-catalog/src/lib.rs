@@ -12,20 +12,23 @@ pub struct Release {
     pub manifest: &'static str,
 }
 
+macro_rules! releases {
+    ($($name:literal),* $(,)?) => {
+        &[$(Release {
+            name: $name,
+            manifest: include_str!(concat!("../../../catalog/", $name, "/software.toml")),
+        }),*]
+    };
+}
+
 /// Every release of the catalog.
-pub const RELEASES: &[Release] = &[
-    Release {
-        name: "hello",
-        manifest: include_str!("../../../catalog/hello/software.toml"),
-    },
-    Release {
-        name: "memcached",
-        manifest: include_str!("../../../catalog/memcached/software.toml"),
-    },
-    Release {
-        name: "redis",
-        manifest: include_str!("../../../catalog/redis/software.toml"),
-    },
+pub const RELEASES: &[Release] = releases![
+    "hello",
+    "kvstore",
+    "memcached",
+    "postgresql",
+    "redis",
+    "zeo"
 ];
 
 pub fn find(name: &str) -> Option<&'static Release> {
