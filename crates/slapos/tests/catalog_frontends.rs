@@ -1,0 +1,658 @@
+//! End to end: the catalog's front ends (`frontend` with shared sites,
+//! `haproxy`, `varnish`, `stunnel`), installed from Debian packages by a
+//! real node behind a real proxy, in front of the catalog's `hello`
+//! backends, and talked to with real clients (raw HTTP, `openssl s_client`).
+//!
+//! One cluster for the four releases, so that they install in parallel.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::e2e::*;
+use serde_json::Value;
+
+const INSTALL: Duration = Duration::from_secs(150);
+const CONVERGE: Duration = Duration::from_secs(40);
+
+// ----- a proxy and a node ------------------------------------------------------------
+
+struct Cluster {
+    node: Option<Daemon>,
+    master: Option<Daemon>,
+    cfg: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Proxy started, computer formatted, `releases` supplied, node running.
+    fn start(computer: &str, partitions: usize, releases: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("slapos-fe-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = dir.path().join("slapos.cfg");
+        NodeCfg {
+            host: "127.0.0.1",
+            port: common::free_port(),
+            database: &dir.path().join("proxy.db"),
+            computer_id: computer,
+            instance_root: &dir.path().join("instance"),
+            software_root: &dir.path().join("software"),
+            partitions,
+            port_base: free_port_range(10 * partitions as u16),
+        }
+        .write(&cfg);
+        let master_addr = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("master_url = http://"))
+            .unwrap()
+            .to_string();
+        let cfg_text = cfg.to_string_lossy().into_owned();
+        let master = Daemon::spawn(
+            "proxy",
+            &common::binary(),
+            &["proxy", "start", "--cfg", &cfg_text],
+            dir.path(),
+            dir.path(),
+        );
+        wait_for(
+            "the proxy to listen",
+            Duration::from_secs(20),
+            || port_open(&master_addr).then_some(()),
+            || master.tail(30),
+        );
+        let mut cluster = Cluster {
+            node: None,
+            master: Some(master),
+            cfg,
+            dir,
+        };
+        let out = cluster.cli(&["node", "format"]);
+        assert!(out.status.success(), "node format: {}", text(&out));
+        for url in releases {
+            let out = cluster.cli(&["supply", url, computer]);
+            assert!(out.status.success(), "supply: {}", text(&out));
+        }
+        cluster.node = Some(Daemon::spawn(
+            "node",
+            &common::binary(),
+            &["node", "run", "--cfg", &cfg_text],
+            cluster.dir.path(),
+            cluster.dir.path(),
+        ));
+        cluster
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        let cfg = self.cfg.to_string_lossy();
+        all.extend(["--cfg", &cfg]);
+        slapos_cli(&all)
+    }
+
+    /// `slapos request`, expected accepted (0: answered, 2: being provisioned).
+    fn request(&self, args: &[&str]) {
+        let mut all = vec!["request"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(2)),
+            "slapos {all:?} failed:\n{}",
+            text(&out)
+        );
+    }
+
+    fn info(&self, title: &str) -> Result<Value, String> {
+        slapos_json(&self.cfg, &["service", "info", title, "--json"])
+    }
+
+    /// Waits until `title` publishes non-empty `keys` (and, unless it is
+    /// shared, is reported started); fails at once on an error report.
+    fn published(&self, title: &str, keys: &[&str], timeout: Duration) -> Value {
+        wait_for(
+            &format!("{title} to publish {keys:?}"),
+            timeout,
+            || {
+                let info = self.info(title).ok()?;
+                if info["reported_state"] == "error" {
+                    panic!(
+                        "{title} is reported in error: {}\n{info:#}\n{}",
+                        info["status_message"],
+                        self.logs()
+                    );
+                }
+                let ok = keys.iter().all(|k| {
+                    info["connection_parameters"][*k]
+                        .as_str()
+                        .is_some_and(|v| !v.is_empty())
+                });
+                ok.then_some(info)
+            },
+            || {
+                format!(
+                    "{:#}\n{}",
+                    self.info(title).unwrap_or_default(),
+                    self.logs()
+                )
+            },
+        )
+    }
+
+    fn free_partitions(&self, computer: &str) -> i64 {
+        slapos_json(&self.cfg, &["computer", "info", computer, "--json"])
+            .ok()
+            .and_then(|v| v["computer"]["partitions_free"].as_i64())
+            .unwrap_or(-1)
+    }
+
+    fn instance_root(&self) -> PathBuf {
+        self.dir.path().join("instance")
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for d in [&self.master, &self.node].into_iter().flatten() {
+            out.push_str(&d.tail(40));
+        }
+        out
+    }
+
+    /// Stops the node and the proxy, kills the services `node run` leaves
+    /// on purpose, and checks that nothing of this directory survives.
+    fn shutdown_and_check(mut self) {
+        for d in [self.node.take(), self.master.take()].into_iter().flatten() {
+            let mut d = d;
+            let (_, in_time) = d.stop(Duration::from_secs(15));
+            assert!(
+                in_time,
+                "{} did not stop on SIGTERM\n{}",
+                d.name,
+                d.tail(30)
+            );
+        }
+        kill_processes_under(&[self.dir.path().to_path_buf()]);
+        let left = processes_under(self.dir.path());
+        assert!(left.is_empty(), "processes survive: {left:#?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        drop(self.node.take());
+        drop(self.master.take());
+        kill_processes_under(&[self.dir.path().to_path_buf()]);
+    }
+}
+
+// ----- clients ---------------------------------------------------------------------------
+
+fn conn(info: &Value, key: &str) -> String {
+    info["connection_parameters"][key]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `http://host:port/...` → `host:port`.
+fn authority(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    rest.split('/').next().unwrap_or_default().to_string()
+}
+
+/// GET over HTTP/1.0 with an explicit Host header: (status, headers, body).
+fn http_get_full(url: &str, host: Option<&str>) -> Result<(u16, String, String), String> {
+    let addr = authority(url);
+    let path = url
+        .strip_prefix("http://")
+        .and_then(|r| r.find('/').map(|i| r[i..].to_string()))
+        .unwrap_or_else(|| "/".into());
+    let mut stream = TcpStream::connect(&addr).map_err(|e| format!("{url}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let host = host.unwrap_or(&addr);
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers in {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {response:?}"))?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// An HTTP/1.0 GET through TLS with the real `openssl s_client`.
+fn tls_http_get(addr: &str) -> Result<String, String> {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("openssl: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "openssl s_client: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `openssl x509 -subject` of a PEM file.
+fn cert_subject(path: &Path) -> String {
+    run(
+        "openssl",
+        &["x509", "-noout", "-subject", "-in", &path.to_string_lossy()],
+    )
+    .unwrap_or_else(|e| e)
+}
+
+/// Prints every partition's logs (`FRONTENDS_DUMP_LOGS=1`), to see what
+/// the daemons say.
+fn dump_partition_logs(root: &Path) {
+    for part in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let logs = part.path().join("var/log");
+        for log in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- {} ---\n{}",
+                log.path().display(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            );
+        }
+    }
+}
+
+fn elapsed(t: Instant) -> String {
+    format!("{:.1}s", t.elapsed().as_secs_f64())
+}
+
+// ----- the test ----------------------------------------------------------------------------
+
+/// hello backends b1, b2 → frontend with two shared sites (path routes and a
+/// Host-based domain) → haproxy over both backends → varnish in front of b1
+/// (second GET a hit) → stunnel wrapping b2 (openssl s_client) → bad
+/// parameters refused at request time → everything destroyed: partitions
+/// free, no process left.
+#[test]
+fn frontends_haproxy_varnish_stunnel() {
+    let t0 = Instant::now();
+    let hello = catalog_url("hello");
+    let frontend = catalog_url("frontend");
+    let haproxy = catalog_url("haproxy");
+    let varnish = catalog_url("varnish");
+    let stunnel = catalog_url("stunnel");
+    let computer = "COMP-FRONT";
+    let partitions = 8;
+    let cluster = Cluster::start(
+        computer,
+        partitions,
+        &[&hello, &frontend, &haproxy, &varnish, &stunnel],
+    );
+    let _sweep = Sweep(vec![cluster.dir.path().to_path_buf()]);
+
+    // Bad parameters are refused by the master at request time, naming the parameter.
+    for (title, url, param) in [
+        ("bad-lb", &haproxy, "backends=not a backend"),
+        ("bad-cache", &varnish, "backend-url=ftp://x"),
+        ("bad-tls", &stunnel, "backend=nohostport"),
+    ] {
+        let name = param.split('=').next().unwrap();
+        let out = cluster.cli(&["request", title, url, "--parameters", param]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains(name), "{}", text(&out));
+    }
+
+    // Two backends.
+    cluster.request(&["b1", &hello, "--parameters", "greeting=Backend one"]);
+    cluster.request(&["b2", &hello, "--parameters", "greeting=Backend two"]);
+    let b1 = conn(&cluster.published("b1", &["url"], INSTALL), "url");
+    let b2 = conn(&cluster.published("b2", &["url"], INSTALL), "url");
+    let page1 = "Backend one from b1\n".to_string();
+    let page2 = "Backend two from b2\n".to_string();
+
+    // Everything else at once: the releases install in parallel.
+    cluster.request(&["front", &frontend]);
+    cluster.request(&[
+        "lb",
+        &haproxy,
+        "--parameters",
+        &format!("backends={} {}", authority(&b1), authority(&b2)),
+    ]);
+    cluster.request(&[
+        "cache",
+        &varnish,
+        "--parameters",
+        &format!("backend-url={b1}"),
+    ]);
+    cluster.request(&[
+        "tls",
+        &stunnel,
+        "--parameters",
+        &format!("backend={}", authority(&b2)),
+    ]);
+
+    // --- frontend: two shared sites, each its own URL and route.
+    let front = cluster.published("front", &["url"], INSTALL);
+    let front_url = conn(&front, "url");
+    eprintln!("[{}] frontend at {front_url}", elapsed(t0));
+    let bad = cluster.cli(&[
+        "request",
+        "bad-site",
+        &frontend,
+        "--slave",
+        "--parameters",
+        "url=ftp://x",
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("url"), "{}", text(&bad));
+    cluster.request(&[
+        "site-one",
+        &frontend,
+        "--slave",
+        "--parameters",
+        &format!("url={b1}"),
+    ]);
+    cluster.request(&[
+        "site-two",
+        &frontend,
+        "--slave",
+        "--parameters",
+        &format!("url={b2}"),
+        "custom_domain=two.example.test",
+    ]);
+    // A title that could inject nginx configuration is not routed: its
+    // shared instance publishes why, and the other sites keep working.
+    let odd = "odd site; return 500 {x}";
+    cluster.request(&[
+        odd,
+        &frontend,
+        "--slave",
+        "--parameters",
+        &format!("url={b1}"),
+    ]);
+    let s1 = conn(
+        &cluster.published("site-one", &["site_url"], CONVERGE),
+        "site_url",
+    );
+    let odd_info = cluster.published(odd, &["error"], CONVERGE);
+    assert!(
+        conn(&odd_info, "error").contains("not routed"),
+        "{odd_info:#}"
+    );
+    assert_eq!(conn(&odd_info, "site_url"), "", "{odd_info:#}");
+    let s2_info = cluster.published("site-two", &["site_url", "domain_url"], CONVERGE);
+    let s2 = conn(&s2_info, "site_url");
+    assert_ne!(s1, s2, "each site has its own URL");
+    assert!(
+        s1.starts_with(&front_url) && s2.starts_with(&front_url),
+        "{s1} {s2} {front_url}"
+    );
+    for (url, page) in [(&s1, &page1), (&s2, &page2)] {
+        wait_for(
+            &format!("{url} to serve its backend's page"),
+            CONVERGE,
+            || (http_get(url).ok()? == (200, page.clone())).then_some(()),
+            || format!("{:?}\n{}", http_get(url), cluster.logs()),
+        );
+    }
+    // The Host-based route of site-two, on the front end's port.
+    assert_eq!(conn(&s2_info, "domain"), "two.example.test");
+    let by_host = http_get_full(&front_url, Some("two.example.test")).map(|(s, _, b)| (s, b));
+    assert_eq!(by_host, Ok((200, page2.clone())));
+    // The front end's root is no site.
+    assert_eq!(http_get(&front_url).map(|r| r.0), Ok(404));
+    eprintln!("[{}] frontend: both sites served", elapsed(t0));
+
+    // --- haproxy: requests spread over both backends.
+    let lb = cluster.published("lb", &["url", "stats_url"], INSTALL);
+    let lb_url = conn(&lb, "url");
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    wait_for(
+        "haproxy to reach both backends",
+        CONVERGE,
+        || {
+            let mut seen = seen.borrow_mut();
+            if let Ok((200, body)) = http_get(&lb_url) {
+                seen.insert(body);
+            }
+            (seen.contains(&page1) && seen.contains(&page2)).then_some(())
+        },
+        || format!("seen {:?}\n{}", seen.borrow(), cluster.logs()),
+    );
+    let (status, stats) = http_get(&conn(&lb, "stats_url")).expect("haproxy stats");
+    assert_eq!(status, 200);
+    assert!(
+        stats.contains("backend1") && stats.contains("backend2"),
+        "{stats}"
+    );
+    eprintln!("[{}] haproxy: both backends seen", elapsed(t0));
+
+    // A changed parameter rewrites the configuration and restarts HAProxy.
+    cluster.request(&[
+        "lb",
+        &haproxy,
+        "--parameters",
+        &format!("backends={}", authority(&b2)),
+    ]);
+    wait_for(
+        "haproxy to use only b2",
+        CONVERGE,
+        || {
+            let info = cluster.info("lb").ok()?;
+            (conn(&info, "backends") == authority(&b2)).then_some(())
+        },
+        || cluster.logs(),
+    );
+    wait_for(
+        "haproxy to answer only with b2",
+        CONVERGE,
+        || {
+            (0..4)
+                .all(|_| http_get(&lb_url).ok() == Some((200, page2.clone())))
+                .then_some(())
+        },
+        || cluster.logs(),
+    );
+    eprintln!("[{}] haproxy: reconfigured to one backend", elapsed(t0));
+
+    // --- varnish: the backend's page, then a cache hit.
+    let cache_url = conn(&cluster.published("cache", &["url"], INSTALL), "url");
+    let first = http_get_full(&cache_url, None).expect("GET through varnish");
+    assert_eq!(
+        (first.0, first.2.clone()),
+        (200, page1.clone()),
+        "{}",
+        first.1
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = http_get_full(&cache_url, None).expect("second GET through varnish");
+    assert_eq!((second.0, second.2.clone()), (200, page1.clone()));
+    let xv = header(&second.1, "X-Varnish").unwrap_or_default();
+    let age: u64 = header(&second.1, "Age")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        xv.split_whitespace().count() == 2 && age > 0,
+        "second GET is a hit: X-Varnish {xv:?}, Age {age}\n{}",
+        second.1
+    );
+    eprintln!("[{}] varnish: hit (X-Varnish {xv}, Age {age})", elapsed(t0));
+
+    // --- stunnel: TLS to the published address reaches the wrapped backend.
+    let tls = cluster.published("tls", &["host", "port", "certificate"], INSTALL);
+    let tls_addr = format!("{}:{}", conn(&tls, "host"), conn(&tls, "port"));
+    let answer = tls_http_get(&tls_addr).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with(&page2), "{answer}");
+    let cert = PathBuf::from(conn(&tls, "certificate"));
+    assert!(
+        cert.starts_with(cluster.instance_root()),
+        "{}",
+        cert.display()
+    );
+    assert!(
+        cert_subject(&cert).contains(&conn(&tls, "host")),
+        "{}",
+        cert_subject(&cert)
+    );
+    let key = cert.with_file_name("key.pem");
+    let mode = std::fs::metadata(&key)
+        .expect("key in the partition")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+    eprintln!("[{}] stunnel: TLS reaches the backend", elapsed(t0));
+
+    // --- stop and start: the service goes and comes back with the same certificate.
+    let pem = std::fs::read_to_string(&cert).expect("certificate");
+    // A request sets all the parameters, so a state change repeats them.
+    let tls_params = format!("backend={}", authority(&b2));
+    cluster.request(&[
+        "tls",
+        &stunnel,
+        "--state",
+        "stopped",
+        "--parameters",
+        &tls_params,
+    ]);
+    wait_for(
+        "stunnel to stop",
+        CONVERGE,
+        || (!port_open(&tls_addr)).then_some(()),
+        || cluster.logs(),
+    );
+    cluster.request(&[
+        "tls",
+        &stunnel,
+        "--state",
+        "started",
+        "--parameters",
+        &tls_params,
+    ]);
+    wait_for(
+        "stunnel to come back",
+        CONVERGE,
+        || tls_http_get(&tls_addr).ok().filter(|a| a.ends_with(&page2)),
+        || cluster.logs(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cert).unwrap(),
+        pem,
+        "certificate kept"
+    );
+    eprintln!(
+        "[{}] stunnel: stopped, started, same certificate",
+        elapsed(t0)
+    );
+
+    if std::env::var_os("FRONTENDS_DUMP_LOGS").is_some() {
+        dump_partition_logs(&cluster.instance_root());
+    }
+
+    // --- a destroyed site loses its route; the others keep theirs.
+    cluster.request(&["site-one", &frontend, "--slave", "--state", "destroyed"]);
+    wait_for(
+        "site-one's route to go",
+        CONVERGE,
+        || (http_get(&s1).ok()?.0 == 404).then_some(()),
+        || format!("{:?}\n{}", http_get(&s1), cluster.logs()),
+    );
+    assert_eq!(http_get(&s2), Ok((200, page2.clone())));
+    eprintln!("[{}] frontend: destroyed site unrouted", elapsed(t0));
+
+    // --- destroy everything: partitions free, no process left.
+    for title in ["site-two", odd] {
+        cluster.request(&[title, &frontend, "--slave", "--state", "destroyed"]);
+    }
+    for (title, url) in [
+        ("front", &frontend),
+        ("lb", &haproxy),
+        ("cache", &varnish),
+        ("tls", &stunnel),
+        ("b1", &hello),
+        ("b2", &hello),
+    ] {
+        cluster.request(&[title, url, "--state", "destroyed"]);
+    }
+    wait_for(
+        "every partition to be free",
+        CONVERGE,
+        || (cluster.free_partitions(computer) == partitions as i64).then_some(()),
+        || cluster.logs(),
+    );
+    let root = cluster.instance_root();
+    let left = poll_until(Duration::from_secs(10), || {
+        processes_under(&root).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "processes left: {:#?}",
+        processes_under(&root)
+    );
+    let parts = std::fs::read_dir(&root).unwrap().flatten();
+    for part in parts.filter(|p| p.file_name().to_string_lossy().starts_with("slappart")) {
+        let left: Vec<String> = std::fs::read_dir(part.path())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "{} not emptied: {left:?}",
+            part.path().display()
+        );
+    }
+    for url in [&front_url, &lb_url, &cache_url, &b1, &b2] {
+        assert!(http_get(url).is_err(), "{url} still answers");
+    }
+    assert!(!port_open(&tls_addr), "stunnel still listens");
+    eprintln!("[{}] destroyed: partitions free, no process", elapsed(t0));
+    cluster.shutdown_and_check();
+}
