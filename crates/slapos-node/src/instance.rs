@@ -78,6 +78,9 @@ pub struct PartitionRecord {
     pub services: Vec<ServiceRecord>,
     /// Connection parameters last published, per slave reference ("" for the instance).
     pub published: BTreeMap<String, BTreeMap<String, String>>,
+    /// Files rendered for hosted shared instances, removed once their instance is gone.
+    #[serde(default)]
+    pub shared_files: Vec<PathBuf>,
 }
 
 /// A serialisable copy of a [`ServiceSpec`].
@@ -483,6 +486,7 @@ impl Deployer {
         }
         // Shared instances hosted here.
         let mut shared_connections = Vec::new();
+        let mut shared_files = Vec::new();
         if let Some(shared_tpl) = &software_type.shared {
             for entry in &target.shared {
                 let reference_key = entry.get("slave_reference").cloned().unwrap_or_default();
@@ -502,6 +506,7 @@ impl Deployer {
                     digest.update(file.to_string_lossy().as_bytes());
                     digest.update(content.as_bytes());
                     write_if_changed(&file, &content, parse_mode(f.mode.as_deref()))?;
+                    shared_files.push(file);
                 }
                 let mut conn = BTreeMap::new();
                 for (k, v) in &shared_tpl.connection {
@@ -513,6 +518,14 @@ impl Deployer {
                 shared_connections.push((reference_key, conn));
             }
         }
+        for stale in record
+            .shared_files
+            .iter()
+            .filter(|f| !shared_files.contains(f))
+        {
+            let _ = std::fs::remove_file(stale);
+        }
+        record.shared_files = shared_files;
         secrets.save()?;
         chown_tree(&path, owner);
 
