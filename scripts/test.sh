@@ -17,6 +17,9 @@ if [ -z "${SLAPOS_TEST_POSTGRES:-}" ] && command -v pg_isready >/dev/null && pg_
 fi
 [ -n "${SLAPOS_TEST_POSTGRES:-}" ] || echo "warning: no PostgreSQL: the PostgreSQL runs are skipped" >&2
 
+# One download cache for every node the tests start (Debian packages, fetches).
+export SLAPOS_DOWNLOAD_CACHE=${SLAPOS_DOWNLOAD_CACHE:-$PWD/target/download-cache}
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

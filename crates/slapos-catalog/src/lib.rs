@@ -23,13 +23,22 @@ macro_rules! releases {
 
 /// Every release of the catalog.
 pub const RELEASES: &[Release] = releases![
+    "frontend",
+    "haproxy",
     "hello",
     "kvstore",
+    "mariadb",
     "memcached",
     "postgresql",
     "redis",
-    "zeo"
+    "stunnel",
+    "varnish",
+    "wordpress",
+    "zeo",
 ];
+
+/// Other names of releases (the seed's `request(mysql, 'i2')`).
+pub const ALIASES: &[(&str, &str)] = &[("mysql", "mariadb")];
 
 pub fn find(name: &str) -> Option<&'static Release> {
     RELEASES.iter().find(|r| r.name == name)
@@ -47,6 +56,11 @@ pub fn materialize(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
             std::fs::write(&path, r.manifest)?;
         }
         out.push((r.name.to_string(), format!("file://{}", path.display())));
+    }
+    for (alias, name) in ALIASES {
+        if let Some((_, url)) = out.iter().find(|(n, _)| n == name).cloned() {
+            out.push((alias.to_string(), url));
+        }
     }
     Ok(out)
 }

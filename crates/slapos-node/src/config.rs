@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub promise_timeout: u64,
     /// Seconds between two usage reports of `slapos node run`.
     pub report_interval: u64,
+    /// Where downloads are cached (default `<software_root>/.cache`); may be
+    /// shared by several nodes of one machine.
+    pub download_cache: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -60,6 +63,7 @@ impl NodeConfig {
             poll_interval: 5,
             promise_timeout: 30,
             report_interval: 600,
+            download_cache: std::env::var_os("SLAPOS_DOWNLOAD_CACHE").map(PathBuf::from),
         }
     }
 

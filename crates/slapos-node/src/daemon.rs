@@ -40,7 +40,11 @@ const INSTALL_RETRY: Duration = Duration::from_secs(60);
 impl Node {
     pub fn open(config: NodeConfig, formatted: Formatted) -> anyhow::Result<Node> {
         let client = SlapClient::new(&config.master_url)?;
-        let installer = Arc::new(Installer::new(&config.software_root)?);
+        let mut installer = Installer::new(&config.software_root)?;
+        if let Some(cache) = &config.download_cache {
+            installer = installer.with_cache_dir(cache)?;
+        }
+        let installer = Arc::new(installer);
         let supervisor = Arc::new(Supervisor::open(&config.state_dir().join("supervisor"))?);
         Ok(Node {
             deployer: Deployer {

@@ -151,14 +151,31 @@ pub struct Deployer {
 }
 
 /// Resolves `relative` against the URL of the manifest that names it.
+/// Dot segments are removed (RFC 3986 §5.2.4), never climbing above the
+/// root, so `../mariadb/software.toml` names the same release, by the same
+/// URL, as a direct reference to it.
 pub fn resolve_url(base: &str, relative: &str) -> String {
     if relative.contains("://") || relative.starts_with('/') {
         return relative.to_string();
     }
-    match base.rfind('/') {
-        Some(i) => format!("{}/{}", &base[..i], relative),
-        None => relative.to_string(),
+    // Split `scheme://authority` from the path.
+    let path_start = match base.find("://") {
+        Some(i) => base[i + 3..].find('/').map_or(base.len(), |j| i + 3 + j),
+        None => 0,
+    };
+    let (origin, path) = base.split_at(path_start);
+    let dir = path.rfind('/').map_or("", |i| &path[..i]);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in dir.split('/').chain(relative.split('/')) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
     }
+    format!("{origin}/{}", segments.join("/"))
 }
 
 pub use slapos_release::{effective_parameters, validate_parameters};
@@ -830,7 +847,15 @@ mod tests {
                 "file:///c/wordpress/software.toml",
                 "../mariadb/software.toml"
             ),
-            "file:///c/wordpress/../mariadb/software.toml"
+            "file:///c/mariadb/software.toml"
+        );
+        assert_eq!(
+            resolve_url("https://h/r/a/s.toml", "./b/c.toml"),
+            "https://h/r/a/b/c.toml"
+        );
+        assert_eq!(
+            resolve_url("https://h/a/s.toml", "../../../x.toml"),
+            "https://h/x.toml"
         );
         assert_eq!(
             resolve_url("file:///c/a/software.toml", "https://x/y.toml"),

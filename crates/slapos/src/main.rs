@@ -103,6 +103,9 @@ enum Command {
         /// First port of the partitions' port ranges (10 ports each).
         #[arg(long, default_value_t = 20000)]
         port_base: u16,
+        /// Catalog releases to supply, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        supply: Vec<String>,
     },
     /// The software releases shipped with slapos-rs.
     Catalog {
@@ -330,12 +333,14 @@ async fn run(command: Command) -> Result<i32> {
             partitions,
             port,
             port_base,
+            supply,
         } => {
             cmd::up::up(cmd::up::UpOptions {
                 data_dir,
                 partitions,
                 port,
                 port_base,
+                supply,
             })
             .await?;
         }

@@ -192,6 +192,8 @@ impl Up {
                 &self.port.to_string(),
                 "--partitions",
                 &self.partitions.to_string(),
+                "--supply",
+                "hello,memcached,redis",
             ],
             self.dir.path(),
             self.dir.path(),

@@ -58,6 +58,9 @@ pub fn node_config(cfg: &SlaposConfig) -> Result<NodeConfig> {
             .parse()
             .context("[slapos-node] poll_interval must be seconds")?;
     }
+    if let Some(v) = cfg.get("slapos-node", "download_cache") {
+        c.download_cache = Some(PathBuf::from(v));
+    }
     if let Some(v) = cfg.get("slapos-node", "report_interval") {
         c.report_interval = v
             .parse()

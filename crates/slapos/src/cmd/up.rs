@@ -23,6 +23,8 @@ pub struct UpOptions {
     pub port: u16,
     /// First port of the partitions' ranges.
     pub port_base: u16,
+    /// Catalog releases to supply; empty: all of them.
+    pub supply: Vec<String>,
 }
 
 /// `$XDG_DATA_HOME/slapos`, else `~/.local/share/slapos`.
@@ -114,10 +116,21 @@ pub async fn up(options: UpOptions) -> Result<()> {
     // The node, formatted and registered, with the catalog supplied.
     let client = SlapClient::new(&node_config.master_url)?;
     let formatted = slapos_node::format::format(&node_config, &client).await?;
-    for (_, url) in &catalog {
-        client
-            .supply(url, &node_config.computer_id, "available")
-            .await?;
+    for name in &options.supply {
+        if !catalog.iter().any(|(n, _)| n == name) {
+            anyhow::bail!(
+                "--supply: no release {name:?} in the catalog (see `slapos catalog list`)"
+            );
+        }
+    }
+    let mut supplied = std::collections::BTreeSet::new();
+    for (name, url) in &catalog {
+        let wanted = options.supply.is_empty() || options.supply.contains(name);
+        if wanted && supplied.insert(url.clone()) {
+            client
+                .supply(url, &node_config.computer_id, "available")
+                .await?;
+        }
     }
     let node = Arc::new(Node::open(node_config.clone(), formatted)?);
     let runner = {
