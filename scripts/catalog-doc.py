@@ -17,6 +17,8 @@ SEED = {
     "haproxy": "Front ends: HAProxy",
     "varnish": "Front ends: Varnish",
     "stunnel": "Front ends: stunnel",
+    "kvm": "IaaS: qemu virtual machines (`request(kvm, 'i1')`)",
+    "nbd": "Storage: block devices (NBD)",
 }
 
 out = [
@@ -55,7 +57,6 @@ out += [
     "",
     "## The seed's stacks not covered yet",
     "",
-    "- IaaS: `kvm` (qemu virtual machines) and block storage (an NBD export with qemu-nbd).",
     "- Full-text search, S3, file conversion (office documents, images, video, OCR), Java, Perl, WSGI and "
     "Node.js stacks, Postfix, a WebSocket front end, the Web Runner IDE, sheepdog.",
     "",
