@@ -153,4 +153,5 @@ pub fn request_form(title: &str, computer: &str, parameters_xml: &str) -> String
 pub const EMPTY_DICT: &str = "<marshal><dictionary id=\"i2\"/></marshal>";
 
 /// Helpers of the end-to-end node tests (real daemons, processes, netns).
+pub mod cluster;
 pub mod e2e;
