@@ -932,7 +932,7 @@ def fmt(v, unit):
     return "%s %s" % (v, unit)
 
 
-def table(results, args):
+def table(results, args, markdown=False):
     lines = []
     head = ("metric", "reference", "ours", "ratio ours/ref")
     rows = []
@@ -952,7 +952,12 @@ def table(results, args):
         rows.append((label, fmt(ref, unit), fmt(ours, unit), ratio))
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
     for r in [head, tuple("-" * w for w in widths)] + rows:
-        lines.append(" | ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        line = " | ".join(c.ljust(widths[i]) for i, c in enumerate(r))
+        lines.append("| %s |" % line if markdown else line.rstrip())
+    if "same_node_view" in results.get("gfci", {}):
+        lines.append("")
+        lines.append("4. node views of the two masters (same registration, same requests): %s"
+                     % results["gfci"]["same_node_view"][:600])
     return "\n".join(lines)
 
 
@@ -981,6 +986,8 @@ def parse_args(argv=None):
     ap.add_argument("--ref-venv", type=pathlib.Path, default=DEFAULT_REF_VENV)
     ap.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     ap.add_argument("--out", type=pathlib.Path, help="JSON result file (default bench/results-<date>.json)")
+    ap.add_argument("--table", type=pathlib.Path, metavar="RESULTS_JSON",
+                    help="do not run: print the table of a results file (as markdown)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the databases and logs")
     ap.add_argument("--tmpdir", type=pathlib.Path, default=None,
                     help="where the databases go (default: the system temp dir, i.e. a real disk "
@@ -1022,6 +1029,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.table:
+        doc = json.loads(args.table.read_text())
+        print(table(doc["results"], args, markdown=True))
+        print()
+        binary = doc.get("ours_binary") or {}
+        print("Run of %s, %s s in all; ours: %s%s." % (
+            doc["date"], doc["total_s"], binary.get("path", "?"),
+            " (built %s)" % binary["mtime"] if binary.get("mtime") else ""))
+        return
     kinds = [args.only] if args.only else ["reference", "ours"]
     if "ours" in kinds and not os.access(args.slapos_bin, os.X_OK):
         sys.exit("compare.py: our binary %s is missing (cargo build --release -p slapos, or set SLAPOS_BIN)"
@@ -1079,7 +1095,8 @@ def main(argv=None):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "git_head": git_head(),
+        "git_head": git_head(),  # of the repository at run time, not necessarily of the binary
+        "ours_binary": binary_info(args.slapos_bin) if "ours" in kinds else None,
         "quick": args.quick,
         "database_dir": str(args.tmp),
         "sizes": {k: getattr(args, k) for k in list(FULL) + ["concurrency", "wrk_threads", "wrk_conns",
@@ -1095,9 +1112,6 @@ def main(argv=None):
     print()
     print(table(results, args))
     print()
-    if "same_node_view" in results.get("gfci", {}):
-        print("4. node views of the two masters (same registration, same requests): %s"
-              % results["gfci"]["same_node_view"][:600])
     print(sizes_line(args))
     print("total run time: %.0f s; results written to %s" % (total, out_path))
 
@@ -1126,6 +1140,17 @@ def loadavg():
         return float(pathlib.Path("/proc/loadavg").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def binary_info(path):
+    import hashlib
+    try:
+        data = pathlib.Path(path).read_bytes()
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()[:16],
+            "mtime": datetime.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")}
 
 
 def git_head():
