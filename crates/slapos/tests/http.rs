@@ -301,27 +301,65 @@ async fn json_api_covers_what_the_protocol_does() {
     assert_eq!(status, 404);
 }
 
+/// A database of its own on `SLAPOS_TEST_POSTGRES`, dropped with the guard
+/// (declare the masters using it after it, so they stop first).
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    /// None (and a note) when no PostgreSQL server is configured.
+    fn create(prefix: &str) -> Option<PgDatabase> {
+        let Ok(admin) = std::env::var("SLAPOS_TEST_POSTGRES") else {
+            eprintln!("SLAPOS_TEST_POSTGRES not set: skipped");
+            return None;
+        };
+        let name = format!("{prefix}_{}", std::process::id());
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        let database = PgDatabase { admin, name, url };
+        database.admin_sql(&[
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database.name),
+            format!("CREATE DATABASE {}", database.name),
+        ]);
+        Some(database)
+    }
+
+    /// The synchronous client runs its own runtime: use a plain thread.
+    fn admin_sql(&self, statements: &[String]) {
+        let (admin, statements) = (self.admin.clone(), statements.to_vec());
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+            for sql in statements {
+                c.batch_execute(&sql).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
 /// Two `slapos master` processes on one PostgreSQL database, 8 clients
 /// spread over both: 200 requests, 200 distinct partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_on_one_postgresql_allocate_distinct_partitions() {
-    let Ok(admin) = std::env::var("SLAPOS_TEST_POSTGRES") else {
-        eprintln!("SLAPOS_TEST_POSTGRES not set: skipped");
+    let Some(database) = PgDatabase::create("slapos_multi") else {
         return;
     };
-    let name = format!("slapos_multi_{}", std::process::id());
-    let admin2 = admin.clone();
-    let name2 = name.clone();
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&admin2, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name2} WITH (FORCE)"))
-            .unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name2}"))
-            .unwrap();
-    })
-    .join()
-    .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let url = database.url.clone();
     let masters = [common::start_master(&url), common::start_master(&url)];
     let http = reqwest::Client::new();
     register(&http, &masters[0].url, "COMP-M", 200).await;
@@ -356,14 +394,6 @@ async fn two_masters_on_one_postgresql_allocate_distinct_partitions() {
     let distinct: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!((all.len(), distinct.len()), (200, 200));
     assert_eq!(free_partitions(&http, &masters[1].url, "COMP-M").await, 0);
-    drop(masters);
-    std::thread::spawn(move || {
-        if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
-    })
-    .join()
-    .unwrap();
 }
 
 /// A native release's parameter schema is enforced at request time.
@@ -451,22 +481,10 @@ parameters = { type = "object", additionalProperties = false, properties = { mem
 /// another master of the same PostgreSQL database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_wakes_across_masters() {
-    let Ok(admin) = std::env::var("SLAPOS_TEST_POSTGRES") else {
-        eprintln!("SLAPOS_TEST_POSTGRES not set: skipped");
+    let Some(database) = PgDatabase::create("slapos_watch") else {
         return;
     };
-    let name = format!("slapos_watch_{}", std::process::id());
-    let (admin2, name2) = (admin.clone(), name.clone());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&admin2, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name2} WITH (FORCE)"))
-            .unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name2}"))
-            .unwrap();
-    })
-    .join()
-    .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let url = database.url.clone();
     let masters = [common::start_master(&url), common::start_master(&url)];
     let http = reqwest::Client::new();
     register(&http, &masters[0].url, "COMP-W", 2).await;
@@ -505,12 +523,4 @@ async fn watch_wakes_across_masters() {
         waited < std::time::Duration::from_secs(5),
         "woken after {waited:?}"
     );
-    drop(masters);
-    std::thread::spawn(move || {
-        if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
-    })
-    .join()
-    .unwrap();
 }
