@@ -2,7 +2,8 @@
 # Runs every test: formatting and lints, the Rust tests (store story on
 # SQLite and PostgreSQL, fixture replay, HTTP tests), then the interop suite
 # in which the real slapos.core 1.26.1 client and CLI drive our proxy, and
-# the same suite against the real Python proxy.
+# the same suite against the real Python proxy; browser tests of the
+# dashboard in headless Chromium.
 #
 # PostgreSQL: SLAPOS_TEST_POSTGRES (default postgresql://postgres@127.0.0.1:5432/postgres
 # when a server answers there). Set SLAPOS_SKIP_REFERENCE=1 to skip the run
@@ -29,6 +30,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test"
 cargo test --workspace --quiet 2>&1 | tee target/cargo-test.log
 grep -q "test result: ok" target/cargo-test.log
+
+step "browser: the dashboard in Debian's Chromium (Playwright) against slapos up"
+cargo build --quiet -p slapos
+SLAPOS_BIN="$PWD/target/debug/slapos" bash tests/browser/run.sh
 
 step "interop: the real slapos.core client and CLI against our proxy"
 cargo build --quiet -p slapos

@@ -340,7 +340,10 @@ pub struct InstanceJson {
     pub updated_at: i64,
 }
 
-fn instance_json(db: &mut dyn Db, row: InstanceRow) -> Result<InstanceJson, MasterError> {
+pub(crate) fn instance_json(
+    db: &mut dyn Db,
+    row: InstanceRow,
+) -> Result<InstanceJson, MasterError> {
     let partition_id = if row.shared {
         row.host_id
             .map(|h| q::instance_by_id(db, h))
@@ -483,7 +486,7 @@ struct RequestBody {
 }
 
 /// JSON values become marshal values; nested structures travel as JSON text.
-fn json_to_value(v: serde_json::Value) -> Value {
+pub(crate) fn json_to_value(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::None,
         serde_json::Value::Bool(b) => Value::Bool(b),
@@ -521,6 +524,17 @@ async fn do_request(
         shared: body.shared,
         requester: Requester::User,
     };
+    let row = perform_request(state, input).await?;
+    let instance = read(state, move |db| instance_json(db, row)).await?;
+    Ok((StatusCode::OK, Json(instance)))
+}
+
+/// A user's request: parameters checked against the release's schema (not
+/// for a destruction), then the engine; nodes are woken.
+pub(crate) async fn perform_request(
+    state: &AppState,
+    input: RequestInput,
+) -> Result<InstanceRow, MasterError> {
     if input.state != Some(InstanceState::Destroyed) {
         state
             .schemas
@@ -533,15 +547,12 @@ async fn do_request(
             .await?;
     }
     let config = state.engine.clone();
-    let store = state.store.clone();
-    let instance = store
-        .write(move |db| {
-            let outcome = engine::request(db, &config, &input)?;
-            instance_json(db, outcome.instance)
-        })
+    let row = state
+        .store
+        .write(move |db| Ok::<_, MasterError>(engine::request(db, &config, &input)?.instance))
         .await?;
     state.notify_change();
-    Ok((StatusCode::OK, Json(instance)))
+    Ok(row)
 }
 
 async fn request_instance(
@@ -602,26 +613,8 @@ async fn set_state(
     let instance = state
         .store
         .write(move |db| {
-            let row = q::instance_by_id(db, id)?
-                .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
-            if row.tree_id != 0 {
-                return Err(MasterError::Conflict(
-                    "only a root instance's state can be changed; its requester manages the others"
-                        .into(),
-                ));
-            }
-            let input = RequestInput {
-                software_release: row.software_release.clone(),
-                title: row.title.clone(),
-                software_type: row.software_type.clone(),
-                parameters: engine::decode_parameters(&row.parameters)?,
-                sla: Sla::from_pairs(engine::sla_of(&row)),
-                state: Some(new_state),
-                shared: row.shared,
-                requester: Requester::User,
-            };
-            let outcome = engine::request(db, &config, &input)?;
-            instance_json(db, outcome.instance)
+            let row = engine::set_requested_state(db, &config, id, new_state)?;
+            instance_json(db, row)
         })
         .await?;
     state.notify_change();

@@ -1186,6 +1186,34 @@ pub fn instance_error(
     )
 }
 
+/// Changes the requested state of a root instance, keeping everything else
+/// (the dashboard's and the JSON API's start, stop and destroy).
+pub fn set_requested_state(
+    db: &mut dyn Db,
+    config: &EngineConfig,
+    id: i64,
+    new_state: InstanceState,
+) -> Result<InstanceRow> {
+    let row = q::instance_by_id(db, id)?
+        .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
+    if row.tree_id != 0 {
+        return Err(MasterError::Conflict(
+            "only a root instance's state can be changed; its requester manages the others".into(),
+        ));
+    }
+    let input = RequestInput {
+        software_release: row.software_release.clone(),
+        title: row.title.clone(),
+        software_type: row.software_type.clone(),
+        parameters: decode_parameters(&row.parameters)?,
+        sla: Sla::from_pairs(sla_of(&row)),
+        state: Some(new_state),
+        shared: row.shared,
+        requester: Requester::User,
+    };
+    Ok(request(db, config, &input)?.instance)
+}
+
 /// `slapos node bang`: every instance of the computer is reprocessed.
 pub fn computer_bang(db: &mut dyn Db, computer_ref: &str, message: &str) -> Result<()> {
     let c = computer(db, computer_ref)?;

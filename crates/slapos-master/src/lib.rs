@@ -9,6 +9,7 @@ pub mod legacy;
 pub mod schemas;
 pub mod server;
 pub mod views;
+pub mod web;
 
 pub use engine::EngineConfig;
 pub use error::MasterError;

@@ -37,7 +37,7 @@ impl Schemas {
 
     /// The manifest of a native release, or None (not native, unreachable,
     /// unparsable: the node will report those).
-    async fn manifest(&self, url: &str) -> Option<Arc<Manifest>> {
+    pub async fn manifest(&self, url: &str) -> Option<Arc<Manifest>> {
         if !url
             .split(['?', '#'])
             .next()

@@ -120,6 +120,7 @@ pub fn router(state: AppState, config: &MasterConfig) -> Router {
     Router::new()
         .merge(crate::legacy::routes())
         .merge(crate::api::routes())
+        .merge(crate::web::routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -735,3 +735,127 @@ pub fn computer_version(db: &mut dyn Db, computer_id: i64) -> Result<String> {
         s.int(1)?
     ))
 }
+
+// ---------------------------------------------------------------- dashboard listings
+
+/// What the dashboard's instance list can be narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Case-insensitive substring of the title or the software release URL.
+    pub text: Option<String>,
+    /// A requested state (`started`, `stopped`, `destroyed`), or `error`
+    /// for instances whose node reported an error.
+    pub state: Option<String>,
+    pub roots_only: bool,
+}
+
+/// An instance with where it runs (for a shared instance: where its host runs).
+#[derive(Debug, Clone)]
+pub struct LocatedInstance {
+    pub instance: InstanceRow,
+    pub computer: Option<String>,
+    pub partition: Option<String>,
+}
+
+/// `%`, `_` and `\` match themselves in the LIKE pattern.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for ch in text.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
+}
+
+/// The WHERE clause of a filter and its parameters, numbered from `$1`.
+fn filter_clause(filter: &InstanceFilter) -> (String, Vec<String>) {
+    let mut clause = String::from("i.archived_at IS NULL");
+    let mut params = Vec::new();
+    if let Some(text) = filter.text.as_deref().filter(|t| !t.is_empty()) {
+        params.push(like_pattern(text));
+        let n = params.len();
+        clause.push_str(&format!(
+            " AND (LOWER(i.title) LIKE ${n} ESCAPE '\\' OR LOWER(i.software_release) LIKE ${n} ESCAPE '\\')"
+        ));
+    }
+    match filter.state.as_deref().filter(|s| !s.is_empty()) {
+        Some("error") => clause.push_str(" AND i.reported_state = 'error'"),
+        Some(state) => {
+            params.push(state.to_string());
+            clause.push_str(&format!(" AND i.requested_state = ${}", params.len()));
+        }
+        None => {}
+    }
+    if filter.roots_only {
+        clause.push_str(" AND i.tree_id = 0");
+    }
+    (clause, params)
+}
+
+/// One page of instances matching `filter`, newest first, with ids below
+/// `before_id`: a keyset page, as fast on the last page as on the first.
+pub fn search_instances(
+    db: &mut dyn Db,
+    filter: &InstanceFilter,
+    before_id: i64,
+    limit: i64,
+) -> Result<Vec<LocatedInstance>> {
+    let (clause, texts) = filter_clause(filter);
+    let n = texts.len();
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS}, c.reference, p.reference FROM instance i \
+         LEFT JOIN instance h ON h.id = i.host_id \
+         LEFT JOIN partition p ON p.id = COALESCE(i.partition_id, h.partition_id) \
+         LEFT JOIN computer c ON c.id = p.computer_id \
+         WHERE {clause} AND i.id < ${} ORDER BY i.id DESC LIMIT ${}",
+        n + 1,
+        n + 2
+    );
+    let mut params: Vec<Param<'_>> = texts.iter().map(Param::from).collect();
+    params.push(before_id.into());
+    params.push(limit.into());
+    db.query(&sql, &params)?
+        .iter()
+        .map(|r| {
+            Ok(LocatedInstance {
+                instance: instance_from(r, 0)?,
+                computer: r.opt_text(INSTANCE_WIDTH)?,
+                partition: r.opt_text(INSTANCE_WIDTH + 1)?,
+            })
+        })
+        .collect()
+}
+
+pub fn count_instances(db: &mut dyn Db, filter: &InstanceFilter) -> Result<i64> {
+    let (clause, texts) = filter_clause(filter);
+    let params: Vec<Param<'_>> = texts.iter().map(Param::from).collect();
+    db.query_opt(
+        &format!("SELECT COUNT(*) FROM instance i WHERE {clause}"),
+        &params,
+    )?
+    .map(|r| r.int(0))
+    .transpose()
+    .map(|v| v.unwrap_or(0))
+}
+
+/// Events with ids above `after_id`, oldest first (what a live feed sends).
+pub fn events_after(db: &mut dyn Db, after_id: i64, limit: i64) -> Result<Vec<EventRow>> {
+    db.query(
+        "SELECT id, at, kind, computer, partition, instance_id, message FROM event WHERE id > $1 ORDER BY id LIMIT $2",
+        &[after_id.into(), limit.into()],
+    )?
+    .iter()
+    .map(event_from)
+    .collect()
+}
+
+pub fn last_event_id(db: &mut dyn Db) -> Result<i64> {
+    db.query_opt("SELECT COALESCE(MAX(id), 0) FROM event", &[])?
+        .map(|r| r.int(0))
+        .transpose()
+        .map(|v| v.unwrap_or(0))
+}
