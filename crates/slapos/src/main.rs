@@ -107,6 +107,13 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         supply: Vec<String>,
     },
+    /// An interactive console (Rhai) to request and inspect instances, or run a script.
+    Console {
+        /// A Rhai script to run instead of the interactive console.
+        script: Option<PathBuf>,
+        #[arg(long)]
+        cfg: Option<PathBuf>,
+    },
     /// The software releases shipped with slapos-rs.
     Catalog {
         #[command(subcommand)]
@@ -344,6 +351,7 @@ async fn run(command: Command) -> Result<i32> {
             })
             .await?;
         }
+        Command::Console { script, cfg } => return cmd::console::run(cfg, script).await,
         Command::Catalog {
             action: CatalogAction::List { json, data_dir },
         } => {

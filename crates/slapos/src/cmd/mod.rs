@@ -1,4 +1,5 @@
 pub mod client;
+pub mod console;
 pub mod node;
 pub mod serve;
 pub mod up;

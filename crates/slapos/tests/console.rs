@@ -1,0 +1,294 @@
+//! `slapos console` as a user runs it: a script file against a real
+//! `slapos up` (the catalog's `hello` release deployed by the real node),
+//! commands piped to standard input, and errors naming their line.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::e2e::*;
+
+/// `slapos console --cfg CFG [args]` with `stdin` piped in; history kept in `dir`.
+fn console(cfg: &Path, args: &[&str], stdin: &str) -> Output {
+    let dir = cfg.parent().unwrap();
+    let mut child = Command::new(common::binary())
+        .arg("console")
+        .arg("--cfg")
+        .arg(cfg)
+        .args(args)
+        .current_dir(dir)
+        .env("SLAPOS_CONSOLE_HISTORY", dir.join("console_history"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start slapos console");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("slapos console")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A configuration whose master does not answer: enough for what does not
+/// reach the master, and for the errors of what does.
+fn offline_cfg() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("slapos.cfg");
+    let port = common::free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\nmaster_url = http://127.0.0.1:{port}\ncomputer_id = local\n\
+             [slapconsole]\nalias =\n  demo https://lab.example.invalid/demo/software.cfg\n"
+        ),
+    )
+    .unwrap();
+    (dir, cfg)
+}
+
+/// `slapos up` with only `hello` supplied, on its own ports, in a temp dir.
+struct Up {
+    daemon: Option<Daemon>,
+    cfg: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::Builder::new()
+            .prefix("slapos-console-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = common::free_port();
+        let port_base = free_port_range(20);
+        let data = dir.path().to_string_lossy().into_owned();
+        let daemon = Daemon::spawn(
+            "up",
+            &common::binary(),
+            &[
+                "up",
+                "--data-dir",
+                &data,
+                "--port",
+                &port.to_string(),
+                "--port-base",
+                &port_base.to_string(),
+                "--partitions",
+                "2",
+                "--supply",
+                "hello",
+            ],
+            dir.path(),
+            dir.path(),
+        );
+        let up = Up {
+            daemon: Some(daemon),
+            cfg: dir.path().join("slapos.cfg"),
+            dir,
+        };
+        let master = format!("127.0.0.1:{port}");
+        wait_for(
+            "slapos up to listen and register its partitions",
+            Duration::from_secs(30),
+            || {
+                if !port_open(&master) || !up.cfg.exists() {
+                    return None;
+                }
+                let info = slapos_json(&up.cfg, &["computer", "info", "local", "--json"]).ok()?;
+                (info["computer"]["partitions_total"] == 2).then_some(())
+            },
+            || up.logs(),
+        );
+        up
+    }
+
+    fn logs(&self) -> String {
+        self.daemon.as_ref().map(|d| d.tail(40)).unwrap_or_default()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop(Duration::from_secs(30));
+        }
+        kill_processes_under(&[self.dir.path().to_path_buf()]);
+    }
+}
+
+/// The issue's "done when": a console script requests an instance, waits for
+/// its connection parameter and prints it; then the same session's objects
+/// through piped commands (state, status, dictionaries, stop, destroy).
+#[test]
+fn script_requests_hello_and_prints_its_url_then_piped_commands_drive_it() {
+    let up = Up::start();
+    let script = repo_root().join("examples/console/hello.rhai");
+    let out = console(&up.cfg, &[script.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "console script failed: {}\n{}",
+        text(&out),
+        up.logs()
+    );
+    let url = stdout(&out).lines().last().unwrap_or_default().to_string();
+    assert!(url.starts_with("http://"), "printed: {:?}", stdout(&out));
+
+    // The URL is the one the master holds, and it answers.
+    let info = slapos_json(&up.cfg, &["service", "info", "hello-console", "--json"]).unwrap();
+    assert_eq!(info["connection_parameters"]["url"], url.as_str());
+    let (status, body) = http_get(&url).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello from the console"), "{body}");
+
+    // Piped commands: values printed, one bad line reported, the rest goes on.
+    let commands = r#"
+let site = request(hello, "hello-console", #{ greeting: "Hello from the console" });
+site.getParameter("url")
+site.getParameter("no-such-parameter")
+site.getConnectionParameter("no-such-parameter")
+print(site.getConnectionParameterDict().url)
+site.getInstanceParameterDict().greeting
+site.getState()
+site.waitParameter("url", 5) == site.getConnectionParameter("url")
+site.reference
+"#;
+    let out = console(&up.cfg, &[], commands);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{url:?}"),
+            url.clone(),
+            "\"Hello from the console\"".to_string(),
+            "\"started\"".to_string(),
+            "true".to_string(),
+            "\"hello-console\"".to_string(),
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "one command failed");
+    let err = stderr(&out);
+    assert!(
+        err.contains("stdin:5:") && err.contains("no-such-parameter"),
+        "{err}"
+    );
+
+    let request = "let site = request(hello, \"hello-console\", #{ greeting: \"Hello from the console\" });\n";
+    let out = console(
+        &up.cfg,
+        &[],
+        &format!("{request}print(site.getStatus());\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out).trim(), "started");
+
+    // Stop, then destroy: the requested state follows, the node frees the partition.
+    let out = console(
+        &up.cfg,
+        &[],
+        &format!("{request}site.stop();\nprint(site.getState());\nsite.destroy();\nprint(site.getState());\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out).trim(), "stopped\ndestroyed");
+    wait_for(
+        "the hello instance to be destroyed",
+        Duration::from_secs(60),
+        || {
+            let c = slapos_json(&up.cfg, &["computer", "info", "local", "--json"]).ok()?;
+            (c["computer"]["partitions_free"] == 2).then_some(())
+        },
+        || up.logs(),
+    );
+    let (status, _) = http_get(&url).unwrap_or((0, String::new()));
+    assert_ne!(status, 200, "{url} still answers after destroy()");
+}
+
+#[test]
+fn script_errors_name_their_file_line_and_column() {
+    let (dir, cfg) = offline_cfg();
+    let script = dir.path().join("bad.rhai");
+
+    std::fs::write(
+        &script,
+        "let a = 1;\nlet b = 2;\nlet c = a + no_such_variable;\n",
+    )
+    .unwrap();
+    let out = console(&cfg, &[script.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}:3:13:", script.display())) && err.contains("no_such_variable"),
+        "{err}"
+    );
+
+    std::fs::write(&script, "print(\"never\");\nlet x = ;\n").unwrap();
+    let out = console(&cfg, &[script.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).is_empty(),
+        "a script that does not parse does not run"
+    );
+    assert!(stderr(&out).contains("bad.rhai:2:"), "{}", stderr(&out));
+
+    // The master's errors too (here: it does not answer).
+    std::fs::write(&script, "// requests\nlet i = request(hello, \"h\");\n").unwrap();
+    let out = console(&cfg, &[script.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.rhai:2:") && err.contains("cannot reach the master"),
+        "{err}"
+    );
+
+    let out = console(
+        &cfg,
+        &[dir.path().join("missing.rhai").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing.rhai"), "{}", stderr(&out));
+}
+
+#[test]
+fn piped_commands_see_catalog_names_and_keep_state() {
+    let (_dir, cfg) = offline_cfg();
+    let out = console(
+        &cfg,
+        &[],
+        "print(hello)\nprint(mysql == mariadb)\nprint(demo)\nlet x = 40;\nfn twice(n) {\n  n * 2\n}\nx + twice(1)\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let text_out = stdout(&out);
+    let lines: Vec<&str> = text_out.lines().collect();
+    assert_eq!(lines.len(), 4, "{text_out}");
+    assert!(
+        lines[0].starts_with("file://") && lines[0].ends_with("/catalog/hello/software.toml"),
+        "{text_out}"
+    );
+    assert_eq!(lines[1], "true");
+    assert_eq!(lines[2], "https://lab.example.invalid/demo/software.cfg");
+    assert_eq!(lines[3], "42");
+
+    // An error does not end the session, but the exit code tells.
+    let out = console(&cfg, &[], "1 +\n+ ;\nprint(\"still here\")\n");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(stdout(&out).trim(), "still here");
+    assert!(stderr(&out).contains("stdin:2:3:"), "{}", stderr(&out));
+}
