@@ -58,7 +58,7 @@ TESTS = {
     "haproxy": "`catalog_frontends.rs` (both backends reached, reconfigured to one)",
     "varnish": "`catalog_frontends.rs` (second GET a cache hit)",
     "stunnel": "`catalog_frontends.rs` (`openssl s_client`, certificate kept over stop/start)",
-    "hello": "`catalog_frontends.rs` (the backends), `node_e2e.rs`",
+    "hello": "`catalog_frontends.rs` (the backends, destroyed with the front ends), `node_e2e.rs`",
     "kvm": "`catalog_iaas.rs` (QMP `query-status`, a shell on the serial console, after boot and after start)",
     "nbd": "`catalog_iaas.rs` (`qemu-img info nbd://…`, `qemu-io` blocks survive stop/start)",
     "mariadb": "`catalog_lamp.rs` (the `mariadb` client, a row survives stop/start)",
@@ -73,7 +73,7 @@ out += [
     "",
     "## Tests",
     "",
-    "Each release is deployed by a real `slapos proxy` (or `slapos up`) and `slapos node run` in the tests "
+    "Each release (but `hello`, the minimal one the node's tests use) is deployed by a real `slapos proxy` (or `slapos up`) and `slapos node run` in the tests "
     "of `crates/slapos/tests/`, requested with `slapos request`, used with the real client of its software, "
     "then stopped (no process, port closed), started again (serving again; data kept where there is data) and "
     "destroyed: `Doomed::assert_gone` (`tests/common/cluster.rs`) checks that the partitions are free on the "
