@@ -53,6 +53,44 @@ for d in sorted((ROOT / "catalog").iterdir()):
         f"| [{m['name']}](../catalog/{d.name}/README.md) | {SEED.get(m['name'], '')} | "
         f"{', '.join(m.get('type', {}))} | {', '.join(params) or '—'} | {', '.join(conns)} |"
     )
+TESTS = {
+    "frontend": "`catalog_frontends.rs` (curl-like GETs through two shared sites, by path and by Host)",
+    "haproxy": "`catalog_frontends.rs` (both backends reached, reconfigured to one)",
+    "varnish": "`catalog_frontends.rs` (second GET a cache hit)",
+    "stunnel": "`catalog_frontends.rs` (`openssl s_client`, certificate kept over stop/start)",
+    "hello": "`catalog_frontends.rs` (the backends, destroyed with the front ends), `node_e2e.rs`",
+    "kvm": "`catalog_iaas.rs` (QMP `query-status`, a shell on the serial console, after boot and after start)",
+    "nbd": "`catalog_iaas.rs` (`qemu-img info nbd://…`, `qemu-io` blocks survive stop/start)",
+    "mariadb": "`catalog_lamp.rs` (the `mariadb` client, a row survives stop/start)",
+    "wordpress": "`catalog_lamp.rs` (install page, installation finished, the MariaDB child destroyed with its parent)",
+    "postgresql": "`catalog_data.rs` (`psql`, a row survives stop/start)",
+    "zeo": "`catalog_data.rs` (a ZODB client, an object survives stop/start)",
+    "kvstore": "`catalog_data.rs` (memcached text protocol, a value survives stop/start)",
+    "redis": "`node_e2e.rs` under `slapos up` (RESP `PING`, data survives stop/start)",
+    "memcached": "`node_e2e.rs` under `slapos up` (memcached text protocol)",
+}
+out += [
+    "",
+    "## Tests",
+    "",
+    "Each release (but `hello`, the minimal one the node's tests use) is deployed by a real `slapos proxy` (or `slapos up`) and `slapos node run` in the tests "
+    "of `crates/slapos/tests/`, requested with `slapos request`, used with the real client of its software, "
+    "then stopped (no process, port closed), started again (serving again; data kept where there is data) and "
+    "destroyed: `Doomed::assert_gone` (`tests/common/cluster.rs`) checks that the partitions are free on the "
+    "master and empty, that no process runs in them or as their users, that nothing listens on their "
+    "addresses and that their users own no file left in `/tmp`, `/var/tmp`, `/dev/shm` or the node's "
+    "directories. A bad parameter is refused at request time, with a message naming it.",
+    "",
+    "| release | test |",
+    "|---|---|",
+]
+out += [f"| {name} | {test} |" for name, test in sorted(TESTS.items())]
+out += [
+    "",
+    "Downloads go through the node's cache (`download_cache`, else `<software_root>/.cache`): `.deb` files by "
+    "name, fetched files by sha256, PyPI wheels by name, so a second installation of a release downloads "
+    "nothing (see [software-release.md](software-release.md#download-cache)).",
+]
 out += [
     "",
     "## The seed's stacks not covered yet",

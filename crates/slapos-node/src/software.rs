@@ -16,12 +16,14 @@
 //! * a failed installation leaves no release directory, only its build log,
 //!   `<software_root>/.logs/<md5>.log`;
 //! * downloads go through the node's cache (`<software_root>/.cache` unless
-//!   set otherwise): fetched files by sha256, `.deb` files by name, so
-//!   installing a second release that needs the same files downloads nothing.
+//!   set otherwise): fetched files by sha256, `.deb` files by name, Python
+//!   wheels by name, so installing a second release that needs the same
+//!   files downloads nothing.
 
 mod debian;
 mod download;
 mod log;
+mod pypi;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -259,7 +261,7 @@ impl Installer {
     }
 
     /// The download cache: `sha256/<hex>` for fetched files, `debs/<file>`
-    /// for Debian packages.
+    /// for Debian packages, `pypi/<wheel>` for Python wheels.
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
     }
@@ -462,6 +464,18 @@ impl Installer {
                     failed(&step, format!("cannot copy to {}: {e}", dest.display()))
                 })?;
             }
+        }
+
+        if !install.pypi.is_empty() {
+            log.note(format!("PyPI: {}", install.pypi.join(" ")));
+            pypi::install(
+                &install.pypi,
+                &dir.join("lib"),
+                &self.cache_dir.join("pypi"),
+                log,
+            )
+            .await
+            .map_err(|e| failed("PyPI", e))?;
         }
 
         for (i, command) in install.build.iter().enumerate() {

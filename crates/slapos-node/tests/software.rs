@@ -629,3 +629,64 @@ fn the_documented_example_renders() {
         }
     }
 }
+
+/// `[install] pypi`: the first installation downloads the wheels into the
+/// node's cache; a second one (another software root, the same cache)
+/// installs from the cache with `pip --no-index`, downloading nothing.
+#[tokio::test]
+async fn pypi_wheels_are_cached_so_a_second_install_downloads_nothing() {
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = manifest(
+        tmp.path(),
+        "software.toml",
+        r#"
+name = "py"
+[install]
+pypi = ["six==1.17.0"]
+build = ["PYTHONPATH=$SOFTWARE/lib /usr/bin/python3 -c 'import six; print(six.__version__)' > six.txt"]
+"#,
+    );
+    let cache = tmp.path().join("cache");
+    let installs = [tmp.path().join("software-a"), tmp.path().join("software-b")].map(|root| {
+        Installer::new(&root)
+            .unwrap()
+            .with_cache_dir(&cache)
+            .unwrap()
+    });
+
+    let first = installs[0]
+        .install(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read_to_string(first.dir.join("six.txt")).unwrap(),
+        "1.17.0\n"
+    );
+    let log = std::fs::read_to_string(installs[0].log_path(&url)).unwrap();
+    assert!(log.contains("== 1 wheels entered the cache"), "{log}");
+    let wheels: Vec<String> = std::fs::read_dir(cache.join("pypi"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        wheels.len() == 1 && wheels[0].starts_with("six-1.17.0-"),
+        "{wheels:?}"
+    );
+    let t1 = t0.elapsed();
+
+    let second = installs[1]
+        .install(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read_to_string(second.dir.join("six.txt")).unwrap(),
+        "1.17.0\n"
+    );
+    let log = std::fs::read_to_string(installs[1].log_path(&url)).unwrap();
+    assert!(log.contains("nothing downloaded"), "{log}");
+    assert!(!log.contains("pip wheel"), "{log}");
+    assert_eq!(std::fs::read_dir(cache.join("pypi")).unwrap().count(), 1);
+    eprintln!("pypi: first {t1:?}, both {:?}", t0.elapsed());
+}

@@ -37,6 +37,11 @@ pub struct Install {
     /// Files fetched into the release directory, checked against their sha256.
     #[serde(default)]
     pub fetch: Vec<Fetch>,
+    /// Python distributions from PyPI, each pinned (`name==version`),
+    /// installed with their dependencies into `<release>/lib` for the host's
+    /// `/usr/bin/python3`, from wheels kept in the node's download cache.
+    #[serde(default)]
+    pub pypi: Vec<String>,
     /// Shell commands run in the release directory after unpacking and fetching
     /// (`sh -c`), with `SOFTWARE` and a `PATH` that includes `root/usr/bin`.
     #[serde(default)]
@@ -179,6 +184,21 @@ pub enum ManifestError {
     Invalid(String),
 }
 
+/// `name==version`: a PyPI distribution name (letters, digits, `.`, `_`,
+/// `-`) and an exact version (letters, digits, `.`, `+`, `!`, `-`, `_`).
+fn pinned_requirement(r: &str) -> bool {
+    let Some((name, version)) = r.split_once("==") else {
+        return false;
+    };
+    let ok = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    ok(name, "._-") && ok(version, ".+!-_")
+}
+
 impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let manifest: Manifest =
@@ -198,6 +218,13 @@ impl Manifest {
                 return invalid(format!("fetch {}: sha256 must be 64 hex digits", f.url));
             }
             check_relative(&f.path)?;
+        }
+        for r in &self.install.pypi {
+            if !pinned_requirement(r) {
+                return invalid(format!(
+                    "pypi {r:?}: give a pinned requirement, name==version (such as ZEO==6.2)"
+                ));
+            }
         }
         for (name, t) in &self.types {
             for f in t
@@ -421,6 +448,19 @@ url = "redis://{{ ipv4 }}:{{ ports.redis }}"
             .to_string()
             .contains("exactly one"));
         assert!(Manifest::parse("name = ").is_err());
+        let pypi = |r: &str| Manifest::parse(&format!("name = \"x\"\n[install]\npypi = [{r:?}]"));
+        assert!(pypi("ZEO==6.2").is_ok() && pypi("zope.interface==8.7").is_ok());
+        for bad in [
+            "ZEO",
+            "ZEO>=6",
+            "ZEO==",
+            "--index-url==x",
+            "ZEO==6.2; os_name",
+            "a==1 b",
+        ] {
+            let e = pypi(bad).unwrap_err().to_string();
+            assert!(e.contains("pinned"), "{bad}: {e}");
+        }
         assert!(Manifest::parse("name = \"x\"\nunknown = 1").is_err());
     }
 }

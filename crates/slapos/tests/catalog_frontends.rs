@@ -14,198 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::e2e::*;
-use serde_json::Value;
 
 const INSTALL: Duration = Duration::from_secs(150);
 const CONVERGE: Duration = Duration::from_secs(40);
 
-// ----- a proxy and a node ------------------------------------------------------------
-
-struct Cluster {
-    node: Option<Daemon>,
-    master: Option<Daemon>,
-    cfg: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Proxy started, computer formatted, `releases` supplied, node running.
-    fn start(computer: &str, partitions: usize, releases: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("slapos-fe-")
-            .tempdir()
-            .expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cfg = dir.path().join("slapos.cfg");
-        NodeCfg {
-            host: "127.0.0.1",
-            port: common::free_port(),
-            database: &dir.path().join("proxy.db"),
-            computer_id: computer,
-            instance_root: &dir.path().join("instance"),
-            software_root: &dir.path().join("software"),
-            partitions,
-            port_base: free_port_range(10 * partitions as u16),
-        }
-        .write(&cfg);
-        let master_addr = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("master_url = http://"))
-            .unwrap()
-            .to_string();
-        let cfg_text = cfg.to_string_lossy().into_owned();
-        let master = Daemon::spawn(
-            "proxy",
-            &common::binary(),
-            &["proxy", "start", "--cfg", &cfg_text],
-            dir.path(),
-            dir.path(),
-        );
-        wait_for(
-            "the proxy to listen",
-            Duration::from_secs(20),
-            || port_open(&master_addr).then_some(()),
-            || master.tail(30),
-        );
-        let mut cluster = Cluster {
-            node: None,
-            master: Some(master),
-            cfg,
-            dir,
-        };
-        let out = cluster.cli(&["node", "format"]);
-        assert!(out.status.success(), "node format: {}", text(&out));
-        for url in releases {
-            let out = cluster.cli(&["supply", url, computer]);
-            assert!(out.status.success(), "supply: {}", text(&out));
-        }
-        cluster.node = Some(Daemon::spawn(
-            "node",
-            &common::binary(),
-            &["node", "run", "--cfg", &cfg_text],
-            cluster.dir.path(),
-            cluster.dir.path(),
-        ));
-        cluster
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut all = args.to_vec();
-        let cfg = self.cfg.to_string_lossy();
-        all.extend(["--cfg", &cfg]);
-        slapos_cli(&all)
-    }
-
-    /// `slapos request`, expected accepted (0: answered, 2: being provisioned).
-    fn request(&self, args: &[&str]) {
-        let mut all = vec!["request"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(2)),
-            "slapos {all:?} failed:\n{}",
-            text(&out)
-        );
-    }
-
-    fn info(&self, title: &str) -> Result<Value, String> {
-        slapos_json(&self.cfg, &["service", "info", title, "--json"])
-    }
-
-    /// Waits until `title` publishes non-empty `keys` (and, unless it is
-    /// shared, is reported started); fails at once on an error report.
-    fn published(&self, title: &str, keys: &[&str], timeout: Duration) -> Value {
-        wait_for(
-            &format!("{title} to publish {keys:?}"),
-            timeout,
-            || {
-                let info = self.info(title).ok()?;
-                if info["reported_state"] == "error" {
-                    panic!(
-                        "{title} is reported in error: {}\n{info:#}\n{}",
-                        info["status_message"],
-                        self.logs()
-                    );
-                }
-                let ok = keys.iter().all(|k| {
-                    info["connection_parameters"][*k]
-                        .as_str()
-                        .is_some_and(|v| !v.is_empty())
-                });
-                ok.then_some(info)
-            },
-            || {
-                format!(
-                    "{:#}\n{}",
-                    self.info(title).unwrap_or_default(),
-                    self.logs()
-                )
-            },
-        )
-    }
-
-    fn free_partitions(&self, computer: &str) -> i64 {
-        slapos_json(&self.cfg, &["computer", "info", computer, "--json"])
-            .ok()
-            .and_then(|v| v["computer"]["partitions_free"].as_i64())
-            .unwrap_or(-1)
-    }
-
-    fn instance_root(&self) -> PathBuf {
-        self.dir.path().join("instance")
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for d in [&self.master, &self.node].into_iter().flatten() {
-            out.push_str(&d.tail(40));
-        }
-        out
-    }
-
-    /// Stops the node and the proxy, kills the services `node run` leaves
-    /// on purpose, and checks that nothing of this directory survives.
-    fn shutdown_and_check(mut self) {
-        for d in [self.node.take(), self.master.take()].into_iter().flatten() {
-            let mut d = d;
-            let (_, in_time) = d.stop(Duration::from_secs(15));
-            assert!(
-                in_time,
-                "{} did not stop on SIGTERM\n{}",
-                d.name,
-                d.tail(30)
-            );
-        }
-        kill_processes_under(&[self.dir.path().to_path_buf()]);
-        let left = processes_under(self.dir.path());
-        assert!(left.is_empty(), "processes survive: {left:#?}");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        drop(self.node.take());
-        drop(self.master.take());
-        kill_processes_under(&[self.dir.path().to_path_buf()]);
-    }
-}
-
 // ----- clients ---------------------------------------------------------------------------
-
-fn conn(info: &Value, key: &str) -> String {
-    info["connection_parameters"][key]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// `http://host:port/...` → `host:port`.
-fn authority(url: &str) -> String {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    rest.split('/').next().unwrap_or_default().to_string()
-}
 
 /// GET over HTTP/1.0 with an explicit Host header: (status, headers, body).
 fn http_get_full(url: &str, host: Option<&str>) -> Result<(u16, String, String), String> {
@@ -330,6 +145,7 @@ fn frontends_haproxy_varnish_stunnel() {
     let partitions = 8;
     let cluster = Cluster::start(
         computer,
+        "cfront",
         partitions,
         &[&hello, &frontend, &haproxy, &varnish, &stunnel],
     );
@@ -350,8 +166,9 @@ fn frontends_haproxy_varnish_stunnel() {
     // Two backends.
     cluster.request(&["b1", &hello, "--parameters", "greeting=Backend one"]);
     cluster.request(&["b2", &hello, "--parameters", "greeting=Backend two"]);
-    let b1 = conn(&cluster.published("b1", &["url"], INSTALL), "url");
-    let b2 = conn(&cluster.published("b2", &["url"], INSTALL), "url");
+    let b1_info = cluster.published("b1", &["url"], INSTALL);
+    let b2_info = cluster.published("b2", &["url"], INSTALL);
+    let (b1, b2) = (conn(&b1_info, "url"), conn(&b2_info, "url"));
     let page1 = "Backend one from b1\n".to_string();
     let page2 = "Backend two from b2\n".to_string();
 
@@ -416,16 +233,16 @@ fn frontends_haproxy_varnish_stunnel() {
         &format!("url={b1}"),
     ]);
     let s1 = conn(
-        &cluster.published("site-one", &["site_url"], CONVERGE),
+        &cluster.published_shared("site-one", &["site_url"], CONVERGE),
         "site_url",
     );
-    let odd_info = cluster.published(odd, &["error"], CONVERGE);
+    let odd_info = cluster.published_shared(odd, &["error"], CONVERGE);
     assert!(
         conn(&odd_info, "error").contains("not routed"),
         "{odd_info:#}"
     );
     assert_eq!(conn(&odd_info, "site_url"), "", "{odd_info:#}");
-    let s2_info = cluster.published("site-two", &["site_url", "domain_url"], CONVERGE);
+    let s2_info = cluster.published_shared("site-two", &["site_url", "domain_url"], CONVERGE);
     let s2 = conn(&s2_info, "site_url");
     assert_ne!(s1, s2, "each site has its own URL");
     assert!(
@@ -501,7 +318,8 @@ fn frontends_haproxy_varnish_stunnel() {
     eprintln!("[{}] haproxy: reconfigured to one backend", elapsed(t0));
 
     // --- varnish: the backend's page, then a cache hit.
-    let cache_url = conn(&cluster.published("cache", &["url"], INSTALL), "url");
+    let cache = cluster.published("cache", &["url"], INSTALL);
+    let cache_url = conn(&cache, "url");
     let first = http_get_full(&cache_url, None).expect("GET through varnish");
     assert_eq!(
         (first.0, first.2.clone()),
@@ -548,32 +366,53 @@ fn frontends_haproxy_varnish_stunnel() {
     assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
     eprintln!("[{}] stunnel: TLS reaches the backend", elapsed(t0));
 
-    // --- stop and start: the service goes and comes back with the same certificate.
+    // --- stop, then start: each service goes (no process, port closed) and
+    // comes back serving as before; stunnel keeps its certificate, the
+    // front end its shared sites.
     let pem = std::fs::read_to_string(&cert).expect("certificate");
     // A request sets all the parameters, so a state change repeats them.
+    let lb_params = format!("backends={}", authority(&b2));
+    let cache_params = format!("backend-url={b1}");
     let tls_params = format!("backend={}", authority(&b2));
-    cluster.request(&[
-        "tls",
-        &stunnel,
-        "--state",
-        "stopped",
-        "--parameters",
-        &tls_params,
-    ]);
-    wait_for(
-        "stunnel to stop",
-        CONVERGE,
-        || (!port_open(&tls_addr)).then_some(()),
-        || cluster.logs(),
-    );
-    cluster.request(&[
-        "tls",
-        &stunnel,
-        "--state",
-        "started",
-        "--parameters",
-        &tls_params,
-    ]);
+    let services = [
+        ("front", &frontend, None, &front, authority(&front_url)),
+        ("lb", &haproxy, Some(&lb_params), &lb, authority(&lb_url)),
+        (
+            "cache",
+            &varnish,
+            Some(&cache_params),
+            &cache,
+            authority(&cache_url),
+        ),
+        ("tls", &stunnel, Some(&tls_params), &tls, tls_addr.clone()),
+    ];
+    for (title, release, param, info, addr) in &services {
+        let params: Vec<&str> = param
+            .iter()
+            .flat_map(|p| ["--parameters", p.as_str()])
+            .collect();
+        cluster.stop(title, release, &params, &cluster.partition_dir(info), addr);
+    }
+    eprintln!("[{}] front, lb, cache, tls stopped", elapsed(t0));
+    for (title, release, param, _, _) in &services {
+        let params: Vec<&str> = param
+            .iter()
+            .flat_map(|p| ["--parameters", p.as_str()])
+            .collect();
+        cluster.start_again(title, release, &params);
+    }
+    for (what, url, page) in [
+        ("site-two", &s2, &page2),
+        ("haproxy", &lb_url, &page2),
+        ("varnish", &cache_url, &page1),
+    ] {
+        wait_for(
+            &format!("{what} to serve again at {url}"),
+            CONVERGE,
+            || (http_get(url).ok()? == (200, page.clone())).then_some(()),
+            || format!("{:?}\n{}", http_get(url), cluster.logs()),
+        );
+    }
     wait_for(
         "stunnel to come back",
         CONVERGE,
@@ -585,10 +424,7 @@ fn frontends_haproxy_varnish_stunnel() {
         pem,
         "certificate kept"
     );
-    eprintln!(
-        "[{}] stunnel: stopped, started, same certificate",
-        elapsed(t0)
-    );
+    eprintln!("[{}] front, lb, cache, tls started again", elapsed(t0));
 
     if std::env::var_os("FRONTENDS_DUMP_LOGS").is_some() {
         dump_partition_logs(&cluster.instance_root());
@@ -605,7 +441,19 @@ fn frontends_haproxy_varnish_stunnel() {
     assert_eq!(http_get(&s2), Ok((200, page2.clone())));
     eprintln!("[{}] frontend: destroyed site unrouted", elapsed(t0));
 
-    // --- destroy everything: partitions free, no process left.
+    // --- destroy everything: partitions free and empty, no process and no
+    // file of their users left, nothing listening.
+    let mut dirs: Vec<PathBuf> = services
+        .iter()
+        .map(|(_, _, _, info, _)| cluster.partition_dir(info))
+        .collect();
+    dirs.extend([&b1_info, &b2_info].map(|i| cluster.partition_dir(i)));
+    let addrs: Vec<String> = services
+        .iter()
+        .map(|(.., addr)| addr.clone())
+        .chain([authority(&b1), authority(&b2)])
+        .collect();
+    let doomed = Doomed::new(&dirs, &addrs.iter().map(String::as_str).collect::<Vec<_>>());
     for title in ["site-two", odd] {
         cluster.request(&[title, &frontend, "--slave", "--state", "destroyed"]);
     }
@@ -619,40 +467,9 @@ fn frontends_haproxy_varnish_stunnel() {
     ] {
         cluster.request(&[title, url, "--state", "destroyed"]);
     }
-    wait_for(
-        "every partition to be free",
-        CONVERGE,
-        || (cluster.free_partitions(computer) == partitions as i64).then_some(()),
-        || cluster.logs(),
-    );
-    let root = cluster.instance_root();
-    let left = poll_until(Duration::from_secs(10), || {
-        processes_under(&root).is_empty().then_some(())
-    });
-    assert!(
-        left.is_some(),
-        "processes left: {:#?}",
-        processes_under(&root)
-    );
-    let parts = std::fs::read_dir(&root).unwrap().flatten();
-    for part in parts.filter(|p| p.file_name().to_string_lossy().starts_with("slappart")) {
-        let left: Vec<String> = std::fs::read_dir(part.path())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            left.is_empty(),
-            "{} not emptied: {left:?}",
-            part.path().display()
-        );
-    }
-    for url in [&front_url, &lb_url, &cache_url, &b1, &b2] {
-        assert!(http_get(url).is_err(), "{url} still answers");
-    }
-    assert!(!port_open(&tls_addr), "stunnel still listens");
+    doomed.assert_gone(&cluster.cfg, computer, || cluster.logs());
+    let free = slapos_json(&cluster.cfg, &["computer", "info", computer, "--json"]).unwrap();
+    assert_eq!(free["computer"]["partitions_free"], partitions, "{free:#}");
     eprintln!("[{}] destroyed: partitions free, no process", elapsed(t0));
     cluster.shutdown_and_check();
 }

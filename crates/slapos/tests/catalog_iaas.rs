@@ -176,7 +176,7 @@ fn serial_exchange(
 }
 
 #[test]
-fn kvm_guest_boots_answers_qmp_and_serial_then_stop_and_destroy() {
+fn kvm_guest_boots_answers_qmp_and_serial_survives_stop_start_then_destroy() {
     let t0 = Instant::now();
     let url = catalog_url("kvm");
     let cluster = Cluster::start("COMP-KVM", "ciaaskvm", 1, &[&url]);
@@ -227,9 +227,10 @@ fn kvm_guest_boots_answers_qmp_and_serial_then_stop_and_destroy() {
         Duration::from_secs(90),
         || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines()
-                .find(|l| l.contains("slapos-guest booted"))
-                .map(str::to_string)
+            // A whole line: qemu may be writing it as we read.
+            text.split_inclusive('\n')
+                .find(|l| l.contains("slapos-guest booted") && l.ends_with('\n'))
+                .map(|l| l.trim_end().to_string())
         },
         || {
             format!(
@@ -288,7 +289,42 @@ fn kvm_guest_boots_answers_qmp_and_serial_then_stop_and_destroy() {
     );
     assert!(!port_open(&serial) && !port_open(&ssh));
 
+    // Started again: the same disk, the guest boots again and its shell answers.
+    cluster.start_again("vm1", &url, &params);
+    let restart = Instant::now();
+    let status = wait_for(
+        "QMP to answer after the start",
+        CONVERGE,
+        || qmp_status(&qmp).ok(),
+        || cluster.logs(),
+    );
+    assert_eq!(status, "running");
+    let out = wait_for(
+        "the guest's shell to answer again on the serial port",
+        Duration::from_secs(90),
+        || {
+            serial_exchange(
+                &serial,
+                "\necho AGAIN-$((6*7))\n",
+                "AGAIN-42",
+                Duration::from_secs(10),
+            )
+            .ok()
+        },
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    assert!(out.contains("AGAIN-42"), "{out}");
+    let out = run_client(Command::new("qemu-img").args(["info", "-U"]).arg(&disk)).unwrap();
+    assert!(
+        out.contains("virtual size: 256 MiB"),
+        "the disk is kept: {out}"
+    );
+    eprintln!("guest back {:?} after the start", restart.elapsed());
+
     cluster.destroy("vm1", &url, &params, &pdir, &qmp);
+    for addr in [&serial, &ssh] {
+        assert!(!port_open(addr), "{addr} closed");
+    }
     cluster.shutdown_and_check();
     eprintln!("kvm: {:?}", t0.elapsed());
 }

@@ -4,223 +4,14 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::e2e::*;
 use serde_json::Value;
 
 const INSTALL: Duration = Duration::from_secs(150);
 const CONVERGE: Duration = Duration::from_secs(40);
-
-/// `slapos proxy start` + `slapos node format` + `slapos node run`, each its
-/// own process, with their own port range (as node_e2e.rs's `Cluster`).
-struct Cluster {
-    node: Option<Daemon>,
-    master: Option<Daemon>,
-    cfg: PathBuf,
-    computer: String,
-    partitions: usize,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(computer: &str, partitions: usize, releases: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("slapos-lamp-")
-            .tempdir()
-            .expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cfg = dir.path().join("slapos.cfg");
-        let port = common::free_port();
-        NodeCfg {
-            host: "127.0.0.1",
-            port,
-            database: &dir.path().join("proxy.db"),
-            computer_id: computer,
-            instance_root: &dir.path().join("instance"),
-            software_root: &dir.path().join("software"),
-            partitions,
-            port_base: free_port_range(10 * partitions as u16),
-        }
-        .write(&cfg);
-        let cfg_text = cfg.to_string_lossy().into_owned();
-        let master = Daemon::spawn(
-            "proxy",
-            &common::binary(),
-            &["proxy", "start", "--cfg", &cfg_text],
-            dir.path(),
-            dir.path(),
-        );
-        let addr = format!("127.0.0.1:{port}");
-        wait_for(
-            "the proxy to listen",
-            Duration::from_secs(20),
-            || port_open(&addr).then_some(()),
-            || master.tail(30),
-        );
-        let mut cluster = Cluster {
-            node: None,
-            master: Some(master),
-            cfg,
-            computer: computer.to_string(),
-            partitions,
-            dir,
-        };
-        let out = cluster.cli(&["node", "format"]);
-        assert!(out.status.success(), "node format: {}", text(&out));
-        for url in releases {
-            let out = cluster.cli(&["supply", url, computer]);
-            assert!(out.status.success(), "supply: {}", text(&out));
-        }
-        cluster.node = Some(Daemon::spawn(
-            "node",
-            &common::binary(),
-            &["node", "run", "--cfg", &cfg_text],
-            cluster.dir.path(),
-            cluster.dir.path(),
-        ));
-        cluster
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut all = args.to_vec();
-        let cfg = self.cfg.to_string_lossy();
-        all.extend(["--cfg", &cfg]);
-        slapos_cli(&all)
-    }
-
-    /// A request the master accepts (0: answered, 2: being provisioned).
-    fn request(&self, args: &[&str]) {
-        let mut all = vec!["request"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(2)),
-            "slapos {all:?} failed:\n{}",
-            text(&out)
-        );
-    }
-
-    fn info(&self, title: &str) -> Result<Value, String> {
-        slapos_json(&self.cfg, &["service", "info", title, "--json"])
-    }
-
-    /// An instance by id, from the master's REST API (child instances have
-    /// no `service info` of their own: it looks up the user's titles).
-    fn instance(&self, id: &Value) -> Option<Value> {
-        let text = std::fs::read_to_string(&self.cfg).ok()?;
-        let master = text.lines().find_map(|l| l.strip_prefix("master_url = "))?;
-        let (status, body) = http_get(&format!("{master}/api/v1/instances/{id}")).ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
-    }
-
-    fn computer(&self) -> Value {
-        slapos_json(&self.cfg, &["computer", "info", &self.computer, "--json"])
-            .unwrap_or_else(|e| panic!("computer info: {e}"))
-    }
-
-    fn partition_dir(&self, info: &Value) -> PathBuf {
-        let reference = info["partition"].as_str().expect("a partition");
-        self.dir.path().join("instance").join(reference)
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for d in [&self.master, &self.node].into_iter().flatten() {
-            out.push_str(&d.tail(40));
-        }
-        out
-    }
-
-    /// Waits until `title` is started and publishes every one of `keys`;
-    /// fails at once if it is reported in error.
-    fn wait_published(&self, title: &str, keys: &[&str], timeout: Duration) -> Value {
-        wait_for(
-            &format!("{title} to be started and publish {keys:?}"),
-            timeout,
-            || {
-                let info = self.info(title).ok()?;
-                if info["reported_state"] == "error" {
-                    panic!(
-                        "{title} is reported in error: {}\n{info:#}\n{}",
-                        info["status_message"],
-                        self.logs()
-                    );
-                }
-                let published = keys.iter().all(|k| {
-                    info["connection_parameters"][*k]
-                        .as_str()
-                        .is_some_and(|v| !v.is_empty())
-                });
-                (published && info["reported_state"] == "started").then_some(info)
-            },
-            || {
-                format!(
-                    "{:#}\n{}",
-                    self.info(title).unwrap_or_default(),
-                    self.logs()
-                )
-            },
-        )
-    }
-
-    /// Waits until every partition is free, and `dirs` empty with nothing running.
-    fn wait_all_free(&self, dirs: &[PathBuf]) {
-        wait_for(
-            "every partition to be freed and emptied",
-            CONVERGE,
-            || {
-                let free = self.computer()["computer"]["partitions_free"] == self.partitions;
-                let clean = dirs.iter().all(|d| {
-                    processes_under(d).is_empty()
-                        && std::fs::read_dir(d)
-                            .map(|mut e| e.next().is_none())
-                            .unwrap_or(true)
-                });
-                (free && clean).then_some(())
-            },
-            || {
-                let left: Vec<_> = dirs
-                    .iter()
-                    .map(|d| (d.clone(), processes_under(d)))
-                    .collect();
-                format!("{:#}\n{left:#?}\n{}", self.computer(), self.logs())
-            },
-        );
-    }
-
-    fn shutdown_and_check(mut self) {
-        for mut d in [self.node.take(), self.master.take()].into_iter().flatten() {
-            let (_, in_time) = d.stop(Duration::from_secs(15));
-            assert!(
-                in_time,
-                "{} did not stop on SIGTERM\n{}",
-                d.name,
-                d.tail(30)
-            );
-        }
-        kill_processes_under(&[self.dir.path().to_path_buf()]);
-        let left = poll_until(Duration::from_secs(5), || {
-            processes_under(self.dir.path()).is_empty().then_some(())
-        });
-        assert!(
-            left.is_some(),
-            "processes survive: {:#?}",
-            processes_under(self.dir.path())
-        );
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        drop(self.node.take());
-        drop(self.master.take());
-        kill_processes_under(&[self.dir.path().to_path_buf()]);
-    }
-}
 
 /// `POST` of an `application/x-www-form-urlencoded` body (already encoded)
 /// over HTTP/1.0: (status, body). WordPress's installation takes seconds.
@@ -254,13 +45,6 @@ fn http_post_form(url: &str, form: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-fn conn(info: &Value, key: &str) -> String {
-    info["connection_parameters"][key]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The host's MariaDB client (`mariadb`, else `mysql`).
@@ -304,10 +88,10 @@ fn sql(info: &Value, statement: &str) -> Result<String, String> {
 fn mariadb_request_query_stop_start_destroy() {
     let t0 = Instant::now();
     let url = catalog_url("mariadb");
-    let cluster = Cluster::start("COMP-MARIADB", 2, &[&url]);
+    let cluster = Cluster::start("COMP-MARIADB", "clmdb", 2, &[&url]);
 
     cluster.request(&["db1", &url, "--parameters", "database=shop", "user=alice"]);
-    let info = cluster.wait_published("db1", &["url", "host", "port", "password"], INSTALL);
+    let info = cluster.published("db1", &["url", "host", "port", "password"], INSTALL);
     let (host, port, password) = (
         conn(&info, "host"),
         conn(&info, "port"),
@@ -359,40 +143,12 @@ fn mariadb_request_query_stop_start_destroy() {
         "socket in the partition"
     );
 
-    // Stop: no process, port closed.
+    // Stop: no process, port closed; start: the row survived, same credentials.
     let addr = format!("{host}:{port}");
-    cluster.request(&[
-        "db1",
-        &url,
-        "--parameters",
-        "database=shop",
-        "user=alice",
-        "--state",
-        "stopped",
-    ]);
-    wait_for(
-        "mariadb to stop",
-        CONVERGE,
-        || {
-            let info = cluster.info("db1").ok()?;
-            (processes_under(&pdir).is_empty()
-                && !port_open(&addr)
-                && info["reported_state"] == "stopped")
-                .then_some(())
-        },
-        || format!("{:#?}\n{}", processes_under(&pdir), cluster.logs()),
-    );
-    // Start: the row survived, same credentials.
-    cluster.request(&[
-        "db1",
-        &url,
-        "--parameters",
-        "database=shop",
-        "user=alice",
-        "--state",
-        "started",
-    ]);
-    let again = cluster.wait_published("db1", &["url"], CONVERGE);
+    let params = ["--parameters", "database=shop", "user=alice"];
+    cluster.stop("db1", &url, &params, &pdir, &addr);
+    cluster.start_again("db1", &url, &params);
+    let again = cluster.published("db1", &["url"], CONVERGE);
     assert_eq!(conn(&again, "url"), conn(&info, "url"));
     let row = wait_for(
         "the row after a restart",
@@ -417,9 +173,7 @@ fn mariadb_request_query_stop_start_destroy() {
     assert!(text(&bad).contains("user"), "{}", text(&bad));
 
     // Destroy: partition freed and emptied, nothing left running.
-    cluster.request(&["db1", &url, "--state", "destroyed"]);
-    cluster.wait_all_free(std::slice::from_ref(&pdir));
-    assert!(!port_open(&addr), "nothing listens on {addr} any more");
+    cluster.destroy("db1", &url, &[], &pdir, &addr);
     cluster.shutdown_and_check();
     eprintln!(
         "mariadb_request_query_stop_start_destroy: {:?}",
@@ -437,7 +191,7 @@ fn wordpress_tree_install_page_then_destroy() {
     let url = catalog_url("wordpress");
     // The child's release: ../mariadb/software.toml relative to wordpress's.
     let child_release = catalog_url("mariadb");
-    let cluster = Cluster::start("COMP-WORDPRESS", 3, &[&url, &child_release]);
+    let cluster = Cluster::start("COMP-WORDPRESS", "clwp", 3, &[&url, &child_release]);
 
     // Refused by the master, naming the parameter.
     let bad = cluster.cli(&["request", "blog", &url, "--parameters", "php-workers=0"]);
@@ -445,7 +199,7 @@ fn wordpress_tree_install_page_then_destroy() {
     assert!(text(&bad).contains("php-workers"), "{}", text(&bad));
 
     cluster.request(&["blog", &url]);
-    let info = cluster.wait_published("blog", &["url", "install-url", "database"], INSTALL);
+    let info = cluster.published("blog", &["url", "install-url", "database"], INSTALL);
     eprintln!("wordpress published after {:?}", t0.elapsed());
     let children = info["children"].as_array().cloned().unwrap_or_default();
     assert_eq!(children.len(), 1, "{info:#}");
@@ -548,9 +302,14 @@ fn wordpress_tree_install_page_then_destroy() {
         "the installation survived: {page}"
     );
 
-    // Destroying the parent destroys the child.
+    // Destroying the parent destroys the child: nothing of either is left.
+    let db_addr = format!("{}:{}", conn(&db, "host"), conn(&db, "port"));
+    let doomed = Doomed::new(
+        &[parent_dir, child_dir],
+        &[authority(&site).as_str(), db_addr.as_str()],
+    );
     cluster.request(&["blog", &url, "--state", "destroyed"]);
-    cluster.wait_all_free(&[parent_dir, child_dir]);
+    doomed.assert_gone(&cluster.cfg, &cluster.computer, || cluster.logs());
     assert!(http_get(&site).is_err(), "nothing serves {site} any more");
     cluster.shutdown_and_check();
     eprintln!(

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::cluster::Doomed;
 use common::e2e::*;
 use serde_json::Value;
 
@@ -102,16 +103,6 @@ fn partition_entry<'a>(computer: &'a Value, reference: &str) -> &'a Value {
 
 fn pids(procs: &[ProcInfo]) -> Vec<u32> {
     procs.iter().map(|p| p.pid).collect()
-}
-
-fn dir_entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A temporary directory that partition users can traverse (`slapos up` as
@@ -587,7 +578,9 @@ fn up_redis_request_change_stop_start_destroy() {
         "a new process after stop/start"
     );
 
-    // Destroyed: process gone, partition free on the master, directory empty.
+    // Destroyed: process gone, partition free on the master, directory
+    // empty, nothing of its user left.
+    let doomed = Doomed::new(std::slice::from_ref(&pdir), &[addr.as_str()]);
     request(
         &cfg,
         &[
@@ -599,26 +592,10 @@ fn up_redis_request_change_stop_start_destroy() {
             "destroyed",
         ],
     );
-    wait_for(
-        "the partition to be freed and emptied",
-        CONVERGE,
-        || {
-            let computer = computer_info(&cfg, "local");
-            let freed = computer["computer"]["partitions_free"] == up.partitions
-                && partition_entry(&computer, &partition)["free"] == true;
-            (freed && dir_entries(&pdir).is_empty() && processes_in(&pdir).is_empty()).then_some(())
-        },
-        || {
-            format!(
-                "{:#}\nleft in {}: {:?}\n{}",
-                computer_info(&cfg, "local"),
-                pdir.display(),
-                dir_entries(&pdir),
-                logs()
-            )
-        },
-    );
-    assert!(!port_open(&addr), "nothing listens on {addr} any more");
+    doomed.assert_gone(&cfg, "local", logs);
+    let computer = computer_info(&cfg, "local");
+    assert_eq!(computer["computer"]["partitions_free"], up.partitions);
+    assert_eq!(partition_entry(&computer, &partition)["free"], true);
     up.shutdown_and_check();
     eprintln!(
         "up_redis_request_change_stop_start_destroy: {:?}",
@@ -1606,7 +1583,7 @@ fn catalog_list_and_aliases_under_up() {
 
 /// memcached from the catalog serves the text protocol at its published address.
 #[test]
-fn up_memcached_serves_the_text_protocol() {
+fn up_memcached_serves_the_text_protocol_stop_start_destroy() {
     let _serial = up_lock();
     let t0 = Instant::now();
     let up = Up::start(1);
@@ -1628,8 +1605,51 @@ fn up_memcached_serves_the_text_protocol() {
         stats.contains("STAT limit_maxbytes 16777216\r\n"),
         "memory=16 applied: {stats}"
     );
+
+    // Stopped: no process, port closed. Started: serves again (memcached
+    // keeps nothing: a cache starts empty).
+    let pdir = up.partition_dir(info["partition"].as_str().unwrap());
+    let params = ["--parameters", "memory=16"];
+    request(
+        &cfg,
+        &[&["m1", "memcached", "--state", "stopped"][..], &params].concat(),
+    );
+    wait_for(
+        "memcached to be stopped",
+        CONVERGE,
+        || {
+            let info = service_info(&cfg, "m1").ok()?;
+            (processes_under(&pdir).is_empty()
+                && !port_open(&addr)
+                && info["reported_state"] == "stopped")
+                .then_some(())
+        },
+        || format!("{:#?}\n{}", processes_under(&pdir), up.logs()),
+    );
+    request(
+        &cfg,
+        &[&["m1", "memcached", "--state", "started"][..], &params].concat(),
+    );
+    let again = wait_for(
+        "memcached to serve again",
+        CONVERGE,
+        || memcached_exchange(&addr, "set again 0 0 2\r\nok\r\n").ok(),
+        || up.logs(),
+    );
+    assert_eq!(again, "STORED\r\n");
+
+    // Destroyed: nothing of the partition left.
+    let doomed = Doomed::new(std::slice::from_ref(&pdir), &[addr.as_str()]);
+    request(
+        &cfg,
+        &[&["m1", "memcached", "--state", "destroyed"][..], &params].concat(),
+    );
+    doomed.assert_gone(&cfg, "local", || up.logs());
     up.shutdown_and_check();
-    eprintln!("up_memcached_serves_the_text_protocol: {:?}", t0.elapsed());
+    eprintln!(
+        "up_memcached_serves_the_text_protocol_stop_start_destroy: {:?}",
+        t0.elapsed()
+    );
 }
 
 /// A release whose instance requests a child (and uses the child's

@@ -11,8 +11,11 @@
 //!    package (`redis-server` needs `redis-tools`' binary: they are one
 //!    piece of software at one version). For an unsatisfied alternative the
 //!    first one that exists is taken, as apt does.
-//! 3. The chosen packages' `.deb` files, at the version apt would install,
-//!    are fetched with `apt-get download` into the node's cache, where their
+//! 3. The chosen packages' `.deb` files, at the version apt would install
+//!    (or, when that one is only installed on the host and no repository
+//!    serves it, as a backport installed by hand, the highest version a
+//!    repository serves, with a warning), are fetched with `apt-get
+//!    download` into the node's cache, where their
 //!    file name (which includes the version) is the key: a second release
 //!    with the same packages downloads nothing.
 //! 4. Each one is unpacked with `dpkg-deb -x` into `<release>/root`.
@@ -74,6 +77,24 @@ pub(super) async fn install(
     let installed = parse_installed(&output(&mut query, log, true).await?);
 
     let chosen = choose(&graph, packages, &installed, &info)?;
+    let mut info = info;
+    for name in &chosen {
+        let base = base_name(name);
+        if info.get(base).is_some_and(|i| !i.downloadable) {
+            if let Some(served) = served_version(base, log).await? {
+                let candidate = &info[base].version;
+                let warning = format!(
+                    "warning: apt's candidate for {name}, {candidate}, is served by no repository \
+                     (installed on this computer from elsewhere?): taking {}, the highest version \
+                     a repository serves",
+                    served.version
+                );
+                tracing::warn!("{warning}");
+                log.note(warning);
+                info.insert(base.to_string(), served);
+            }
+        }
+    }
     let mut wanted: Vec<Deb> = Vec::new();
     for name in &chosen {
         let Some(i) = info.get(base_name(name)) else {
@@ -123,6 +144,32 @@ pub(super) async fn install(
         log.note(format!("unpacked {}", deb.spec));
     }
     Ok(())
+}
+
+/// The highest version of `package` a repository serves (`apt-cache
+/// madison` lists them, highest first), described by `apt-cache show`.
+async fn served_version(package: &str, log: &BuildLog) -> Result<Option<PackageInfo>, String> {
+    let mut madison = Command::new("apt-cache");
+    madison.args(["madison", package]);
+    let Some(version) = parse_madison(&output(&mut madison, log, false).await?) else {
+        return Ok(None);
+    };
+    let mut show = Command::new("apt-cache");
+    show.arg("show").arg(format!("{package}={version}"));
+    let info = parse_show(&output(&mut show, log, true).await?);
+    Ok(info
+        .get(package)
+        .filter(|i| i.downloadable && i.version == version)
+        .cloned())
+}
+
+/// The first version of `apt-cache madison`'s lines `name | version | source`.
+fn parse_madison(out: &str) -> Option<String> {
+    out.lines()
+        .filter_map(|l| l.split('|').nth(1))
+        .map(str::trim)
+        .find(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// A package to unpack.
@@ -630,6 +677,13 @@ Package: gcc-12-base\nSource: gcc-12 (12.2.0-14)\nVersion: 12.2.0-14+deb12u1\nAr
         assert_eq!(info["gcc-12-base"].source, "gcc-12");
         assert!(!info["gcc-12-base"].downloadable);
         let host = parse_installed("libc6\tinstalled\nfoo\tconfig-files\n");
+        let madison = "qemu-utils | 1:7.2+dfsg-7+deb12u18+b3 | http://deb.debian.org/debian bookworm/main amd64 Packages\n\
+qemu-utils | 1:7.2+dfsg-7+deb12u15 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages\n";
+        assert_eq!(
+            parse_madison(madison).as_deref(),
+            Some("1:7.2+dfsg-7+deb12u18+b3")
+        );
+        assert_eq!(parse_madison(""), None);
         assert!(host.contains("libc6") && !host.contains("foo"));
     }
 

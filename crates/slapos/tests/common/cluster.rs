@@ -132,8 +132,24 @@ impl Cluster {
 
     /// Waits until `title` is started and has published `keys`.
     pub fn published(&self, title: &str, keys: &[&str], timeout: Duration) -> Value {
+        self.wait_published(title, keys, timeout, true)
+    }
+
+    /// Waits until the shared instance `title` has published `keys` (a
+    /// shared instance has no state of its own).
+    pub fn published_shared(&self, title: &str, keys: &[&str], timeout: Duration) -> Value {
+        self.wait_published(title, keys, timeout, false)
+    }
+
+    fn wait_published(
+        &self,
+        title: &str,
+        keys: &[&str],
+        timeout: Duration,
+        started: bool,
+    ) -> Value {
         wait_for(
-            &format!("{title} to be started and publish {keys:?}"),
+            &format!("{title} to publish {keys:?}"),
             timeout,
             || {
                 let info = self.info(title).ok()?;
@@ -145,7 +161,7 @@ impl Cluster {
                         .as_str()
                         .is_some_and(|v| !v.is_empty())
                 });
-                (ok && info["reported_state"] == "started").then_some(info)
+                (ok && (!started || info["reported_state"] == "started")).then_some(info)
             },
             || {
                 format!(
@@ -179,41 +195,29 @@ impl Cluster {
         self.request(&[&[title, url, "--state", "started"], params].concat());
     }
 
-    /// Destroys `title`: its partition is freed and emptied, nothing runs.
+    /// Destroys `title` and checks that nothing of its partition is left
+    /// ([`Doomed::assert_gone`]).
     pub fn destroy(&self, title: &str, url: &str, params: &[&str], pdir: &Path, addr: &str) {
+        let doomed = Doomed::new(&[pdir.to_path_buf()], &[addr]);
         self.request(&[&[title, url, "--state", "destroyed"], params].concat());
-        let partition = pdir.file_name().unwrap().to_string_lossy().into_owned();
-        let computer_info = || {
-            slapos_json(&self.cfg, &["computer", "info", &self.computer, "--json"])
-                .unwrap_or_default()
-        };
-        wait_for(
-            "the partition to be freed and emptied",
-            CONVERGE,
-            || {
-                let c = computer_info();
-                let entry = c["partitions"]
-                    .as_array()?
-                    .iter()
-                    .find(|p| p["reference"] == partition.as_str())?
-                    .clone();
-                let freed =
-                    c["computer"]["partitions_free"] == self.partitions && entry["free"] == true;
-                let empty = std::fs::read_dir(pdir)
-                    .map(|d| d.count() == 0)
-                    .unwrap_or(true);
-                (freed && empty && processes_under(pdir).is_empty()).then_some(())
-            },
-            || {
-                format!(
-                    "{:#}\n{:#?}\n{}",
-                    computer_info(),
-                    processes_under(pdir),
-                    self.logs()
-                )
-            },
-        );
-        assert!(!port_open(addr), "nothing listens on {addr} any more");
+        doomed.assert_gone(&self.cfg, &self.computer, || self.logs());
+        let free = slapos_json(&self.cfg, &["computer", "info", &self.computer, "--json"])
+            .unwrap_or_default()["computer"]["partitions_free"]
+            .clone();
+        assert_eq!(free, self.partitions, "every partition is free again");
+    }
+
+    /// An instance by id, from the master's REST API (a child instance has
+    /// no `service info` of its own: that looks up the user's titles).
+    pub fn instance(&self, id: &Value) -> Option<Value> {
+        let text = std::fs::read_to_string(&self.cfg).ok()?;
+        let master = text.lines().find_map(|l| l.strip_prefix("master_url = "))?;
+        let (status, body) = http_get(&format!("{master}/api/v1/instances/{id}")).ok()?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    pub fn instance_root(&self) -> PathBuf {
+        self.dir.path().join("instance")
     }
 
     /// Stops node and proxy, then checks that nothing of the cluster runs.
@@ -252,6 +256,12 @@ pub fn text_of(out: &std::process::Output) -> String {
     text(out)
 }
 
+/// `http://host:port/...` → `host:port`.
+pub fn authority(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    rest.split('/').next().unwrap_or_default().to_string()
+}
+
 pub fn conn(info: &Value, key: &str) -> String {
     info["connection_parameters"][key]
         .as_str()
@@ -288,5 +298,201 @@ pub fn run_client(cmd: &mut Command) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!("{cmd:?}: {}", text(&out)))
+    }
+}
+
+/// The partitions of a tree about to be destroyed, with their users (seen
+/// now, while they own their directories) and the addresses they listen
+/// on: [`Doomed::assert_gone`] checks afterwards that nothing of them is left.
+pub struct Doomed {
+    pub dirs: Vec<PathBuf>,
+    pub addrs: Vec<String>,
+    /// The partitions' own users (none when the node does not create them).
+    pub uids: Vec<u32>,
+}
+
+impl Doomed {
+    pub fn new(dirs: &[PathBuf], addrs: &[&str]) -> Doomed {
+        let mut uids: Vec<u32> = dirs.iter().filter_map(|d| partition_uid(d)).collect();
+        uids.sort_unstable();
+        uids.dedup();
+        Doomed {
+            dirs: dirs.to_vec(),
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            uids,
+        }
+    }
+
+    /// Waits until the master shows every partition free, each directory is
+    /// empty and no process runs in it or as its user; then checks that no
+    /// address still listens and that the users own no file in the
+    /// temporary directories or next to the partitions (the node's root).
+    pub fn assert_gone(&self, cfg: &Path, computer: &str, logs: impl Fn() -> String) {
+        let computer_info =
+            || slapos_json(cfg, &["computer", "info", computer, "--json"]).unwrap_or_default();
+        let state = || {
+            let c = computer_info();
+            let not_free: Vec<String> = self
+                .dirs
+                .iter()
+                .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+                .filter(|reference| {
+                    !c["partitions"].as_array().is_some_and(|ps| {
+                        ps.iter()
+                            .any(|p| p["reference"] == reference.as_str() && p["free"] == true)
+                    })
+                })
+                .collect();
+            let not_empty: Vec<(PathBuf, Vec<String>)> = self
+                .dirs
+                .iter()
+                .map(|d| (d.clone(), dir_entries(d)))
+                .filter(|(_, e)| !e.is_empty())
+                .collect();
+            let running: Vec<ProcInfo> = self
+                .dirs
+                .iter()
+                .flat_map(|d| processes_under(d))
+                .chain(self.processes_of_users())
+                .collect();
+            (not_free, not_empty, running)
+        };
+        wait_for(
+            "the destroyed partitions to be freed and emptied, with nothing running",
+            CONVERGE,
+            || {
+                let (not_free, not_empty, running) = state();
+                (not_free.is_empty() && not_empty.is_empty() && running.is_empty()).then_some(())
+            },
+            || {
+                let (not_free, not_empty, running) = state();
+                format!(
+                    "not free: {not_free:?}\nnot empty: {not_empty:#?}\nrunning: {running:#?}\n{}",
+                    logs()
+                )
+            },
+        );
+        for addr in &self.addrs {
+            assert!(!port_open(addr), "nothing listens on {addr} any more");
+        }
+        let mut roots: Vec<PathBuf> = ["/tmp", "/var/tmp", "/dev/shm"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        // The node's whole tree: instance root (other partitions, the
+        // node's records) and the software root.
+        roots.extend(
+            self.dirs
+                .iter()
+                .filter_map(|d| Some(d.parent()?.parent()?.to_path_buf())),
+        );
+        roots.sort();
+        roots.dedup();
+        let mut left = Vec::new();
+        for root in &roots {
+            files_owned_by(root, &self.uids, &roots, 0, &mut left);
+        }
+        // The emptied partition directories stay, their users' for the next instance.
+        left.retain(|p| !self.dirs.contains(p));
+        assert!(
+            left.is_empty(),
+            "files of the destroyed partitions' users are left: {left:#?}"
+        );
+    }
+
+    /// Live processes of the partitions' users, but those that belong to
+    /// another cluster (another test run using the same user names).
+    fn processes_of_users(&self) -> Vec<ProcInfo> {
+        if self.uids.is_empty() {
+            return Vec::new();
+        }
+        let ours = self.dirs.first().and_then(|d| d.parent()?.parent());
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if !pid_alive(pid) || !self.uids.contains(&uid_of(pid)) {
+                continue;
+            }
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            let paths: Vec<PathBuf> = std::iter::once(cwd.clone())
+                .chain(
+                    cmdline
+                        .split(' ')
+                        .filter_map(|a| a.find('/').map(|i| PathBuf::from(&a[i..]))),
+                )
+                .collect();
+            let mine = |p: &PathBuf| ours.is_some_and(|o| p.starts_with(o));
+            if !paths.iter().any(mine) && paths.iter().any(|p| in_other_node_tree(p, ours)) {
+                continue;
+            }
+            out.push(ProcInfo { pid, cmdline, cwd });
+        }
+        out
+    }
+}
+
+/// The owner of a partition's directory, if the node gave it its own user.
+pub fn partition_uid(pdir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(pdir).ok()?.uid();
+    let own = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    (uid != 0 && uid != own).then_some(uid)
+}
+
+/// A node's directory: `slapos.cfg` or `instance/` in it.
+fn is_node_tree(dir: &Path) -> bool {
+    dir.join("slapos.cfg").is_file() || dir.join("instance").is_dir()
+}
+
+/// Whether `path` lies in a node's directory other than `ours`.
+fn in_other_node_tree(path: &Path, ours: Option<&Path>) -> bool {
+    path.ancestors()
+        .skip(1)
+        .any(|a| Some(a) != ours && a != Path::new("/") && is_node_tree(a))
+}
+
+/// Names in a directory (none if it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Collects the paths below `dir` owned by one of `uids`, skipping other
+/// nodes' directories and the other `roots`.
+fn files_owned_by(
+    dir: &Path,
+    uids: &[u32],
+    roots: &[PathBuf],
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    if uids.is_empty() || depth > 12 {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if uids.contains(&meta.uid()) {
+            out.push(path.clone());
+        }
+        // Each root is walked once, from the top; other nodes' trees (other
+        // test runs, whose partition users may have the same names) are theirs.
+        let skip = roots.contains(&path) || (meta.is_dir() && is_node_tree(&path));
+        if meta.is_dir() && !skip {
+            files_owned_by(&path, uids, roots, depth + 1, out);
+        }
     }
 }
