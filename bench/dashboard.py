@@ -15,6 +15,7 @@ The reference proxy has no dashboard, so there is nothing to run beside it.
 
 import argparse
 import concurrent.futures
+import html
 import http.client
 import json
 import os
@@ -116,6 +117,7 @@ def main():
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--bin", default=str(REPO / "target" / "release" / "slapos"))
     args = ap.parse_args()
+    args.bin = os.path.abspath(args.bin)
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     port = free_port()
@@ -148,7 +150,7 @@ def main():
         rows = len(re.findall(rb"<tr data-title=", first))
         total = re.search(rb'<span id="total">(\d+)</span>', first).group(1).decode()
         assert int(total) == n, (total, n)
-        next_url = re.search(rb'href="([^"]+)" rel="next"', first).group(1).decode().replace("&amp;", "&")
+        next_url = html.unescape(re.search(rb'href="([^"]+)" rel="next"', first).group(1).decode())
         print("first page: %d rows of %s instances" % (rows, total))
         print("%-44s %9s %9s" % ("page", "median", "p95"))
         for label, path in [
