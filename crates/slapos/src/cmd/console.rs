@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,11 +34,42 @@ const DEFAULT_WAIT: f64 = 300.0;
 struct Ctx {
     client: SlapClient,
     runtime: Handle,
+    /// Set by Ctrl-C while an entry runs (interactive mode): the entry stops.
+    interrupted: Arc<AtomicBool>,
 }
 
+const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
 impl Ctx {
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+    /// Runs a call of the client, unless Ctrl-C comes first.
+    fn block_on<F: std::future::Future>(&self, future: F) -> RhaiResult<F::Output> {
+        let flag = self.interrupted.clone();
+        self.runtime.block_on(async move {
+            let interrupted = async {
+                while !flag.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                value = future => Ok(value),
+                _ = interrupted => Err(rt_error(INTERRUPTED)),
+            }
+        })
+    }
+
+    /// Sleeps, unless Ctrl-C comes first.
+    fn pause(&self, duration: Duration) -> RhaiResult<()> {
+        let deadline = Instant::now() + duration;
+        loop {
+            if self.interrupted.load(Ordering::Relaxed) {
+                return Err(rt_error(INTERRUPTED));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
     }
 }
 
@@ -120,7 +152,7 @@ fn to_strings(map: &Map) -> BTreeMap<String, String> {
 
 impl Instance {
     fn request(ctx: Arc<Ctx>, spec: RequestSpec) -> RhaiResult<Instance> {
-        let answer = ctx.block_on(ctx.client.request(&spec));
+        let answer = ctx.block_on(ctx.client.request(&spec))?;
         let answer = match answer {
             Ok(a) => a,
             // Accepted, not allocated yet: the reference's client answers the same way.
@@ -134,7 +166,7 @@ impl Instance {
     fn snapshot(&mut self) -> RhaiResult<Snapshot> {
         match self
             .ctx
-            .block_on(self.ctx.client.instance_by_title(&self.spec.title))
+            .block_on(self.ctx.client.instance_by_title(&self.spec.title))?
         {
             Ok(info) => {
                 let text = |k: &str| info[k].as_str().map(str::to_string);
@@ -207,7 +239,8 @@ impl Instance {
                 }
                 return Err(rt_error(why));
             }
-            std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+            self.ctx
+                .pause(POLL.min(deadline.saturating_duration_since(Instant::now())))?;
         }
     }
 
@@ -307,14 +340,24 @@ fn build_engine(ctx: Arc<Ctx>, aliases: Arc<BTreeMap<String, String>>) -> Engine
     for (name, state) in [("supply", "available"), ("remove", "destroyed")] {
         let ctx = ctx.clone();
         engine.register_fn(name, move |url: &str, computer: &str| -> RhaiResult<()> {
-            ctx.block_on(ctx.client.supply(url, computer, state))
+            ctx.block_on(ctx.client.supply(url, computer, state))?
                 .map_err(|e| rt_error(format!("{name} of {url} on {computer}: {e}")))
         });
     }
-    engine.register_fn("sleep", |seconds: Dynamic| -> RhaiResult<()> {
-        let s = number(&seconds, "sleep")?;
-        std::thread::sleep(Duration::from_secs_f64(s.clamp(0.0, 1e9)));
-        Ok(())
+    // Rhai's own `sleep(INT|FLOAT)` would not stop on Ctrl-C: these take precedence.
+    let sleeper = ctx.clone();
+    let sleep = move |seconds: f64| sleeper.pause(Duration::from_secs_f64(seconds.clamp(0.0, 1e9)));
+    let s = sleep.clone();
+    engine.register_fn("sleep", move |seconds: rhai::INT| s(seconds as f64));
+    let s = sleep.clone();
+    engine.register_fn("sleep", move |seconds: rhai::FLOAT| s(seconds));
+    engine.register_fn("sleep", move |seconds: Dynamic| -> RhaiResult<()> {
+        sleep(number(&seconds, "sleep")?)
+    });
+    let flag = ctx.interrupted.clone();
+    engine.on_progress(move |_| {
+        flag.load(Ordering::Relaxed)
+            .then(|| Dynamic::from(INTERRUPTED.to_string()))
     });
 
     engine
@@ -445,6 +488,8 @@ impl Failure {
         let message = match &err {
             // `throw "..."` and the bindings' errors: the text alone.
             EvalAltResult::ErrorRuntime(value, _) if value.is_string() => value.to_string(),
+            // Stopped by `on_progress` (Ctrl-C): its reason.
+            EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
             _ => err.to_string(),
         };
         Failure {
@@ -478,13 +523,15 @@ struct Console {
     scope: Scope<'static>,
     /// Functions defined so far (interactive mode keeps them across lines).
     functions: AST,
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Console {
-    fn new(session: &Session, runtime: Handle) -> Console {
+    fn new(session: &Session, runtime: Handle, interrupted: Arc<AtomicBool>) -> Console {
         let ctx = Arc::new(Ctx {
             client: session.client.clone(),
             runtime,
+            interrupted: interrupted.clone(),
         });
         let names = software_names(session);
         let mut scope = Scope::new();
@@ -498,6 +545,7 @@ impl Console {
             engine: build_engine(ctx, Arc::new(names)),
             scope,
             functions: AST::empty(),
+            interrupted,
         }
     }
 
@@ -516,6 +564,7 @@ impl Console {
 
     /// Evaluates one entry, keeping its variables and functions for the next.
     fn eval(&mut self, input: &str) -> std::result::Result<Dynamic, Failure> {
+        self.interrupted.store(false, Ordering::Relaxed);
         let ast = self
             .engine
             .compile_with_scope(&self.scope, input)
@@ -627,6 +676,15 @@ fn interactive(console: &mut Console) -> Result<i32> {
                     continue;
                 }
                 let _ = editor.add_history_entry(input.as_str());
+                // Saved at once: a console killed later keeps its history.
+                if let Some(h) = &history {
+                    if let Some(dir) = h.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    if let Err(e) = editor.save_history(h) {
+                        eprintln!("warning: cannot save the history to {}: {e}", h.display());
+                    }
+                }
                 match console.eval(&input) {
                     Ok(value) => console.show(&value),
                     Err(failure) => eprintln!("error: {}", failure.here(input.contains('\n'))),
@@ -638,14 +696,6 @@ fn interactive(console: &mut Console) -> Result<i32> {
             }
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e).context("cannot read the console's input"),
-        }
-    }
-    if let Some(h) = &history {
-        if let Some(dir) = h.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Err(e) = editor.save_history(h) {
-            eprintln!("warning: cannot save the history to {}: {e}", h.display());
         }
     }
     Ok(0)
@@ -705,11 +755,26 @@ impl Console {
 pub async fn run(cfg: Option<PathBuf>, script: Option<PathBuf>) -> Result<i32> {
     let session = Session::open(cfg.as_deref())?;
     let runtime = Handle::current();
+    let interactive_mode = script.is_none() && std::io::stdin().is_terminal();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    if interactive_mode {
+        // Ctrl-C stops the running entry, not the console (at the prompt,
+        // rustyline reads it as a key).
+        // Registered before rustyline's own handler, which it restores after each line.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot handle Ctrl-C")?;
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            while sigint.recv().await.is_some() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     tokio::task::spawn_blocking(move || {
-        let mut console = Console::new(&session, runtime);
+        let mut console = Console::new(&session, runtime, interrupted);
         match script {
             Some(path) => console.run_script(&path).map(|_| 0),
-            None if std::io::stdin().is_terminal() => interactive(&mut console),
+            None if interactive_mode => interactive(&mut console),
             None => piped(&mut console),
         }
     })
