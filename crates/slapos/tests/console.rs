@@ -292,3 +292,84 @@ fn piped_commands_see_catalog_names_and_keep_state() {
     assert_eq!(stdout(&out).trim(), "still here");
     assert!(stderr(&out).contains("stdin:2:3:"), "{}", stderr(&out));
 }
+
+/// On a terminal (given by util-linux `script`): prompts, continuation
+/// lines, functions kept across entries, errors that do not end the session,
+/// Ctrl-D to quit, and the history written to its file.
+#[test]
+fn interactive_console_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to give the console a terminal");
+        return;
+    }
+    let (dir, cfg) = offline_cfg();
+    let history = dir.path().join("history");
+    let command = format!(
+        "{} console --cfg {}",
+        common::binary().display(),
+        cfg.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("SLAPOS_CONSOLE_HISTORY", &history)
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let output = output.clone();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let seen = || strip_ansi(&output.lock().unwrap()).replace('\r', "");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut send = |text: &str, expect: &str| {
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        wait_for(
+            &format!("the console to show {expect:?}"),
+            Duration::from_secs(15),
+            || seen().contains(expect).then_some(()),
+            &seen,
+        );
+    };
+    send("", ">>> ");
+    send("let z = 41\n", ">>> let z = 41\n>>> ");
+    send("fn f(a) {\n", "... ");
+    send("a + 1 }\n", "a + 1 }\n>>> ");
+    send("f(z)\n", "\n42\n");
+    send("no_such_thing\n", "Variable not found: no_such_thing");
+    send(
+        "print(demo)\n",
+        "\nhttps://lab.example.invalid/demo/software.cfg\n",
+    );
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    let status = poll_until(Duration::from_secs(15), || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the console did not end on Ctrl-D:\n{}", seen());
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "{status:?}\n{}", seen());
+    let saved = std::fs::read_to_string(&history).unwrap_or_default();
+    assert!(
+        saved.contains("let z = 41") && saved.contains("f(z)") && saved.contains("print(demo)"),
+        "history: {saved:?}"
+    );
+}
