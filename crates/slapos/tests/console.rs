@@ -345,7 +345,7 @@ fn interactive_console_on_a_terminal() {
             &format!("the console to show {expect:?}"),
             Duration::from_secs(15),
             || seen().contains(expect).then_some(()),
-            &seen,
+            seen,
         );
     };
     send("", ">>> ");
