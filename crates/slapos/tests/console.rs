@@ -199,6 +199,40 @@ site.reference
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stdout(&out).trim(), "started");
 
+    // Supply and remove, by alias or URL.
+    let other = "https://lab.example.invalid/console/software.cfg";
+    let software_state = |url: &str| {
+        let c = slapos_json(&up.cfg, &["computer", "info", "local", "--json"]).unwrap();
+        c["software"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["url"] == url)
+            .map(|s| {
+                s["requested_state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let out = console(
+        &up.cfg,
+        &[],
+        &format!("supply(\"hello\", \"local\");\nsupply(\"{other}\", \"local\");\nprint(hello)\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let hello_url = stdout(&out).trim().to_string();
+    assert_eq!(software_state(&hello_url).as_deref(), Some("available"));
+    assert_eq!(software_state(other).as_deref(), Some("available"));
+    let out = console(&up.cfg, &[], &format!("remove(\"{other}\", \"local\")\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    // Marked destroyed, or already dropped (never installed).
+    let after = software_state(other);
+    assert!(
+        matches!(after.as_deref(), None | Some("destroyed")),
+        "{after:?}"
+    );
+
     // Stop, then destroy: the requested state follows, the node frees the partition.
     let out = console(
         &up.cfg,

@@ -298,6 +298,7 @@ fn build_engine(ctx: Arc<Ctx>, aliases: Arc<BTreeMap<String, String>>) -> Engine
             .cloned()
             .unwrap_or_else(|| software.to_string())
     };
+    let supply_resolve = resolve.clone();
     let requester = {
         let ctx = ctx.clone();
         move |software: &str,
@@ -339,10 +340,16 @@ fn build_engine(ctx: Arc<Ctx>, aliases: Arc<BTreeMap<String, String>>) -> Engine
 
     for (name, state) in [("supply", "available"), ("remove", "destroyed")] {
         let ctx = ctx.clone();
-        engine.register_fn(name, move |url: &str, computer: &str| -> RhaiResult<()> {
-            ctx.block_on(ctx.client.supply(url, computer, state))?
-                .map_err(|e| rt_error(format!("{name} of {url} on {computer}: {e}")))
-        });
+        let resolve = supply_resolve.clone();
+        engine.register_fn(
+            name,
+            move |software: &str, computer: &str| -> RhaiResult<()> {
+                let url = resolve(software);
+                let url = url.as_str();
+                ctx.block_on(ctx.client.supply(url, computer, state))?
+                    .map_err(|e| rt_error(format!("{name} of {url} on {computer}: {e}")))
+            },
+        );
     }
     // Rhai's own `sleep(INT|FLOAT)` would not stop on Ctrl-C: these take precedence.
     let sleeper = ctx.clone();
