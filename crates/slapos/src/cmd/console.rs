@@ -25,6 +25,24 @@ use crate::cmd::client::Session;
 
 type RhaiResult<T> = std::result::Result<T, Box<EvalAltResult>>;
 
+/// What `help()` prints.
+const HELP: &str = "\
+Variables: every catalog release and alias (hello, redis, mariadb, mysql, kvm, ...)
+  and every alias of the configuration hold their URL; master_url.
+Functions:
+  request(software, reference [, params_map [, software_type [, options_map]]]) -> Instance
+      options: #{ shared: bool, state: \"started\"|\"stopped\"|\"destroyed\", sla: #{ computer_guid: ... } }
+  supply(software, computer)   remove(software, computer)   sleep(seconds)   print(value)
+Instance:
+  .reference  .software
+  .getParameter(name)                 connection parameter, or () if not published
+  .getConnectionParameter(name)       the same, an error if absent
+  .getConnectionParameterDict()       .getInstanceParameterDict()
+  .getState()  requested state        .getStatus()  reported state
+  .waitParameter(name [, timeout_s])  waits until published (default 300 s)
+  .start()  .stop()  .destroy()
+Ctrl-C stops a running entry, Ctrl-D quits. See docs/console.md.";
+
 /// How often `waitParameter` asks the master.
 const POLL: Duration = Duration::from_secs(1);
 /// `waitParameter(name)` without a timeout.
@@ -351,6 +369,7 @@ fn build_engine(ctx: Arc<Ctx>, aliases: Arc<BTreeMap<String, String>>) -> Engine
             },
         );
     }
+    engine.register_fn("help", || println!("{HELP}"));
     // Rhai's own `sleep(INT|FLOAT)` would not stop on Ctrl-C: these take precedence.
     let sleeper = ctx.clone();
     let sleep = move |seconds: f64| sleeper.pause(Duration::from_secs_f64(seconds.clamp(0.0, 1e9)));
@@ -666,7 +685,7 @@ fn interactive(console: &mut Console) -> Result<i32> {
         let _ = editor.load_history(h);
     }
     println!(
-        "slapos console on {} (Rhai). request(hello, \"h\").waitParameter(\"url\", 120); Ctrl-D quits.",
+        "slapos console on {} (Rhai). help() lists the functions; Ctrl-D quits.",
         console.engine_master()
     );
     let mut buffer = String::new();
