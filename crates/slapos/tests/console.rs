@@ -388,6 +388,7 @@ fn interactive_console_on_a_terminal() {
     send("a + 1 }\n", "a + 1 }\n>>> ");
     send("f(z)\n", "\n42\n");
     send("no_such_thing\n", "Variable not found: no_such_thing");
+    send("help()\n", ".waitParameter(name [, timeout_s])");
     send(
         "print(demo)\n",
         "\nhttps://lab.example.invalid/demo/software.cfg\n",
