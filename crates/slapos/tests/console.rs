@@ -408,3 +408,112 @@ fn interactive_console_on_a_terminal() {
         "history: {saved:?}"
     );
 }
+
+/// A master that speaks only the SLAP protocol, as the reference does (no
+/// `/api/v1`: a 404 page): the console reads instances by requesting them
+/// again. The instance publishes its URL at the third request.
+fn legacy_only_master() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use slapos_proto::marshal::{dumps, Object, SlapClass, Value};
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                    break;
+                }
+                let lower = header.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let (status, text) = if first.starts_with("POST /requestComputerPartition") {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let state = ["stopped", "destroyed"]
+                    .into_iter()
+                    .find(|s| body.contains(s))
+                    .unwrap_or("started");
+                let connection = if n >= 3 {
+                    vec![(Value::str("url"), Value::str("http://legacy.invalid/"))]
+                } else {
+                    vec![]
+                };
+                let answer = Value::Object(Box::new(Object::new(
+                    SlapClass::SoftwareInstance,
+                    vec![],
+                    vec![
+                        (Value::str("_connection_dict"), Value::Dict(connection)),
+                        (
+                            Value::str("_parameter_dict"),
+                            Value::Dict(vec![(Value::str("size"), Value::str("3"))]),
+                        ),
+                        (Value::str("_requested_state"), Value::str(state)),
+                    ],
+                )));
+                ("200 OK", dumps(&answer).unwrap())
+            } else {
+                (
+                    "404 NOT FOUND",
+                    "<!doctype html>\n<title>404 Not Found</title>\n<p>The requested URL was not found on the server.</p>\n".to_string(),
+                )
+            };
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn instances_of_a_master_without_json_api_are_read_by_requesting_again() {
+    let (url, requests) = legacy_only_master();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("slapos.cfg");
+    std::fs::write(&cfg, format!("[slapos]\nmaster_url = {url}\n")).unwrap();
+    let script = dir.path().join("legacy.rhai");
+    std::fs::write(
+        &script,
+        "let i = request(hello, \"r1\", #{ size: 3 });\n\
+         print(i.getParameter(\"url\") == ());\n\
+         print(i.waitParameter(\"url\", 20));\n\
+         print(i.getInstanceParameterDict().size);\n\
+         print(i.getState());\n\
+         i.stop();\n\
+         print(i.getState());\n\
+         i.getStatus();\n",
+    )
+    .unwrap();
+    let out = console(&cfg, &[script.to_str().unwrap()], "");
+    assert_eq!(
+        stdout(&out),
+        "true\nhttp://legacy.invalid/\n3\nstarted\nstopped\n",
+        "{}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("legacy.rhai:8:") && err.contains("no JSON API"),
+        "{err}"
+    );
+    assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+}

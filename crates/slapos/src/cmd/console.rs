@@ -119,10 +119,12 @@ fn rt_error(message: impl Into<String>) -> Box<EvalAltResult> {
     ))
 }
 
-/// The master answers 404 "requested URL was not found" (or HTML) when it has no `/api/v1`.
+/// A master without `/api/v1` (the reference) answers its paths with a 404
+/// page (HTML, "requested URL was not found"), or something not JSON; ours
+/// answers an unknown title with "No instance titled ...".
 fn no_json_api(e: &ClientError) -> bool {
     match e {
-        ClientError::NotFound(m) => m.to_lowercase().contains("requested url was not found"),
+        ClientError::NotFound(m) => !m.contains("No instance titled"),
         ClientError::BadAnswer(_) => true,
         _ => false,
     }
@@ -822,6 +824,21 @@ mod tests {
         let mut b = String::from("let a = 1 + \\");
         join_continuation(&mut b, "2;");
         assert_eq!(b, "let a = 1 + \n2;");
+    }
+
+    #[test]
+    fn which_errors_mean_a_master_without_json_api() {
+        assert!(no_json_api(&ClientError::NotFound(
+            "<!doctype html>".into()
+        )));
+        assert!(no_json_api(&ClientError::NotFound(
+            "The requested URL was not found on the server.".into()
+        )));
+        assert!(no_json_api(&ClientError::BadAnswer("not JSON".into())));
+        assert!(!no_json_api(&ClientError::NotFound(
+            "No instance titled \"x\"".into()
+        )));
+        assert!(!no_json_api(&ClientError::NotReady));
     }
 
     #[test]
