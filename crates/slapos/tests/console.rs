@@ -199,6 +199,40 @@ site.reference
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stdout(&out).trim(), "started");
 
+    // Supply and remove, by alias or URL.
+    let other = "https://lab.example.invalid/console/software.cfg";
+    let software_state = |url: &str| {
+        let c = slapos_json(&up.cfg, &["computer", "info", "local", "--json"]).unwrap();
+        c["software"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["url"] == url)
+            .map(|s| {
+                s["requested_state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let out = console(
+        &up.cfg,
+        &[],
+        &format!("supply(\"hello\", \"local\");\nsupply(\"{other}\", \"local\");\nprint(hello)\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let hello_url = stdout(&out).trim().to_string();
+    assert_eq!(software_state(&hello_url).as_deref(), Some("available"));
+    assert_eq!(software_state(other).as_deref(), Some("available"));
+    let out = console(&up.cfg, &[], &format!("remove(\"{other}\", \"local\")\n"));
+    assert!(out.status.success(), "{}", text(&out));
+    // Marked destroyed, or already dropped (never installed).
+    let after = software_state(other);
+    assert!(
+        matches!(after.as_deref(), None | Some("destroyed")),
+        "{after:?}"
+    );
+
     // Stop, then destroy: the requested state follows, the node frees the partition.
     let out = console(
         &up.cfg,
@@ -291,4 +325,195 @@ fn piped_commands_see_catalog_names_and_keep_state() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(stdout(&out).trim(), "still here");
     assert!(stderr(&out).contains("stdin:2:3:"), "{}", stderr(&out));
+}
+
+/// On a terminal (given by util-linux `script`): prompts, continuation
+/// lines, functions kept across entries, errors that do not end the session,
+/// Ctrl-D to quit, and the history written to its file.
+#[test]
+fn interactive_console_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to give the console a terminal");
+        return;
+    }
+    let (dir, cfg) = offline_cfg();
+    let history = dir.path().join("history");
+    let command = format!(
+        "{} console --cfg {}",
+        common::binary().display(),
+        cfg.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("SLAPOS_CONSOLE_HISTORY", &history)
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let output = output.clone();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let seen = || strip_ansi(&output.lock().unwrap()).replace('\r', "");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut send = |text: &str, expect: &str| {
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        wait_for(
+            &format!("the console to show {expect:?}"),
+            Duration::from_secs(15),
+            || seen().contains(expect).then_some(()),
+            seen,
+        );
+    };
+    send("", ">>> ");
+    send("let z = 41\n", ">>> let z = 41\n>>> ");
+    send("fn f(a) {\n", "... ");
+    send("a + 1 }\n", "a + 1 }\n>>> ");
+    send("f(z)\n", "\n42\n");
+    send("no_such_thing\n", "Variable not found: no_such_thing");
+    send("help()\n", ".waitParameter(name [, timeout_s])");
+    send(
+        "print(demo)\n",
+        "\nhttps://lab.example.invalid/demo/software.cfg\n",
+    );
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    let status = poll_until(Duration::from_secs(15), || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the console did not end on Ctrl-D:\n{}", seen());
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "{status:?}\n{}", seen());
+    let saved = std::fs::read_to_string(&history).unwrap_or_default();
+    assert!(
+        saved.contains("let z = 41") && saved.contains("f(z)") && saved.contains("print(demo)"),
+        "history: {saved:?}"
+    );
+}
+
+/// A master that speaks only the SLAP protocol, as the reference does (no
+/// `/api/v1`: a 404 page): the console reads instances by requesting them
+/// again. The instance publishes its URL at the third request.
+fn legacy_only_master() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use slapos_proto::marshal::{dumps, Object, SlapClass, Value};
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                    break;
+                }
+                let lower = header.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let (status, text) = if first.starts_with("POST /requestComputerPartition") {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let state = ["stopped", "destroyed"]
+                    .into_iter()
+                    .find(|s| body.contains(s))
+                    .unwrap_or("started");
+                let connection = if n >= 3 {
+                    vec![(Value::str("url"), Value::str("http://legacy.invalid/"))]
+                } else {
+                    vec![]
+                };
+                let answer = Value::Object(Box::new(Object::new(
+                    SlapClass::SoftwareInstance,
+                    vec![],
+                    vec![
+                        (Value::str("_connection_dict"), Value::Dict(connection)),
+                        (
+                            Value::str("_parameter_dict"),
+                            Value::Dict(vec![(Value::str("size"), Value::str("3"))]),
+                        ),
+                        (Value::str("_requested_state"), Value::str(state)),
+                    ],
+                )));
+                ("200 OK", dumps(&answer).unwrap())
+            } else {
+                (
+                    "404 NOT FOUND",
+                    "<!doctype html>\n<title>404 Not Found</title>\n<p>The requested URL was not found on the server.</p>\n".to_string(),
+                )
+            };
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn instances_of_a_master_without_json_api_are_read_by_requesting_again() {
+    let (url, requests) = legacy_only_master();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("slapos.cfg");
+    std::fs::write(&cfg, format!("[slapos]\nmaster_url = {url}\n")).unwrap();
+    let script = dir.path().join("legacy.rhai");
+    std::fs::write(
+        &script,
+        "let i = request(hello, \"r1\", #{ size: 3 });\n\
+         print(i.getParameter(\"url\") == ());\n\
+         print(i.waitParameter(\"url\", 20));\n\
+         print(i.getInstanceParameterDict().size);\n\
+         print(i.getState());\n\
+         i.stop();\n\
+         print(i.getState());\n\
+         i.getStatus();\n",
+    )
+    .unwrap();
+    let out = console(&cfg, &[script.to_str().unwrap()], "");
+    assert_eq!(
+        stdout(&out),
+        "true\nhttp://legacy.invalid/\n3\nstarted\nstopped\n",
+        "{}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("legacy.rhai:8:") && err.contains("no JSON API"),
+        "{err}"
+    );
+    assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= 4);
 }

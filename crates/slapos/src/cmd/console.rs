@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,24 @@ use crate::cmd::client::Session;
 
 type RhaiResult<T> = std::result::Result<T, Box<EvalAltResult>>;
 
+/// What `help()` prints.
+const HELP: &str = "\
+Variables: every catalog release and alias (hello, redis, mariadb, mysql, kvm, ...)
+  and every alias of the configuration hold their URL; master_url.
+Functions:
+  request(software, reference [, params_map [, software_type [, options_map]]]) -> Instance
+      options: #{ shared: bool, state: \"started\"|\"stopped\"|\"destroyed\", sla: #{ computer_guid: ... } }
+  supply(software, computer)   remove(software, computer)   sleep(seconds)   print(value)
+Instance:
+  .reference  .software
+  .getParameter(name)                 connection parameter, or () if not published
+  .getConnectionParameter(name)       the same, an error if absent
+  .getConnectionParameterDict()       .getInstanceParameterDict()
+  .getState()  requested state        .getStatus()  reported state
+  .waitParameter(name [, timeout_s])  waits until published (default 300 s)
+  .start()  .stop()  .destroy()
+Ctrl-C stops a running entry, Ctrl-D quits. See docs/console.md.";
+
 /// How often `waitParameter` asks the master.
 const POLL: Duration = Duration::from_secs(1);
 /// `waitParameter(name)` without a timeout.
@@ -33,11 +52,42 @@ const DEFAULT_WAIT: f64 = 300.0;
 struct Ctx {
     client: SlapClient,
     runtime: Handle,
+    /// Set by Ctrl-C while an entry runs (interactive mode): the entry stops.
+    interrupted: Arc<AtomicBool>,
 }
 
+const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
 impl Ctx {
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+    /// Runs a call of the client, unless Ctrl-C comes first.
+    fn block_on<F: std::future::Future>(&self, future: F) -> RhaiResult<F::Output> {
+        let flag = self.interrupted.clone();
+        self.runtime.block_on(async move {
+            let interrupted = async {
+                while !flag.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                value = future => Ok(value),
+                _ = interrupted => Err(rt_error(INTERRUPTED)),
+            }
+        })
+    }
+
+    /// Sleeps, unless Ctrl-C comes first.
+    fn pause(&self, duration: Duration) -> RhaiResult<()> {
+        let deadline = Instant::now() + duration;
+        loop {
+            if self.interrupted.load(Ordering::Relaxed) {
+                return Err(rt_error(INTERRUPTED));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
     }
 }
 
@@ -69,10 +119,12 @@ fn rt_error(message: impl Into<String>) -> Box<EvalAltResult> {
     ))
 }
 
-/// The master answers 404 "requested URL was not found" (or HTML) when it has no `/api/v1`.
+/// A master without `/api/v1` (the reference) answers its paths with a 404
+/// page (HTML, "requested URL was not found"), or something not JSON; ours
+/// answers an unknown title with "No instance titled ...".
 fn no_json_api(e: &ClientError) -> bool {
     match e {
-        ClientError::NotFound(m) => m.to_lowercase().contains("requested url was not found"),
+        ClientError::NotFound(m) => !m.contains("No instance titled"),
         ClientError::BadAnswer(_) => true,
         _ => false,
     }
@@ -120,7 +172,7 @@ fn to_strings(map: &Map) -> BTreeMap<String, String> {
 
 impl Instance {
     fn request(ctx: Arc<Ctx>, spec: RequestSpec) -> RhaiResult<Instance> {
-        let answer = ctx.block_on(ctx.client.request(&spec));
+        let answer = ctx.block_on(ctx.client.request(&spec))?;
         let answer = match answer {
             Ok(a) => a,
             // Accepted, not allocated yet: the reference's client answers the same way.
@@ -134,7 +186,7 @@ impl Instance {
     fn snapshot(&mut self) -> RhaiResult<Snapshot> {
         match self
             .ctx
-            .block_on(self.ctx.client.instance_by_title(&self.spec.title))
+            .block_on(self.ctx.client.instance_by_title(&self.spec.title))?
         {
             Ok(info) => {
                 let text = |k: &str| info[k].as_str().map(str::to_string);
@@ -207,7 +259,8 @@ impl Instance {
                 }
                 return Err(rt_error(why));
             }
-            std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+            self.ctx
+                .pause(POLL.min(deadline.saturating_duration_since(Instant::now())))?;
         }
     }
 
@@ -265,6 +318,7 @@ fn build_engine(ctx: Arc<Ctx>, aliases: Arc<BTreeMap<String, String>>) -> Engine
             .cloned()
             .unwrap_or_else(|| software.to_string())
     };
+    let supply_resolve = resolve.clone();
     let requester = {
         let ctx = ctx.clone();
         move |software: &str,
@@ -306,15 +360,32 @@ fn build_engine(ctx: Arc<Ctx>, aliases: Arc<BTreeMap<String, String>>) -> Engine
 
     for (name, state) in [("supply", "available"), ("remove", "destroyed")] {
         let ctx = ctx.clone();
-        engine.register_fn(name, move |url: &str, computer: &str| -> RhaiResult<()> {
-            ctx.block_on(ctx.client.supply(url, computer, state))
-                .map_err(|e| rt_error(format!("{name} of {url} on {computer}: {e}")))
-        });
+        let resolve = supply_resolve.clone();
+        engine.register_fn(
+            name,
+            move |software: &str, computer: &str| -> RhaiResult<()> {
+                let url = resolve(software);
+                let url = url.as_str();
+                ctx.block_on(ctx.client.supply(url, computer, state))?
+                    .map_err(|e| rt_error(format!("{name} of {url} on {computer}: {e}")))
+            },
+        );
     }
-    engine.register_fn("sleep", |seconds: Dynamic| -> RhaiResult<()> {
-        let s = number(&seconds, "sleep")?;
-        std::thread::sleep(Duration::from_secs_f64(s.clamp(0.0, 1e9)));
-        Ok(())
+    engine.register_fn("help", || println!("{HELP}"));
+    // Rhai's own `sleep(INT|FLOAT)` would not stop on Ctrl-C: these take precedence.
+    let sleeper = ctx.clone();
+    let sleep = move |seconds: f64| sleeper.pause(Duration::from_secs_f64(seconds.clamp(0.0, 1e9)));
+    let s = sleep.clone();
+    engine.register_fn("sleep", move |seconds: rhai::INT| s(seconds as f64));
+    let s = sleep.clone();
+    engine.register_fn("sleep", move |seconds: rhai::FLOAT| s(seconds));
+    engine.register_fn("sleep", move |seconds: Dynamic| -> RhaiResult<()> {
+        sleep(number(&seconds, "sleep")?)
+    });
+    let flag = ctx.interrupted.clone();
+    engine.on_progress(move |_| {
+        flag.load(Ordering::Relaxed)
+            .then(|| Dynamic::from(INTERRUPTED.to_string()))
     });
 
     engine
@@ -445,6 +516,8 @@ impl Failure {
         let message = match &err {
             // `throw "..."` and the bindings' errors: the text alone.
             EvalAltResult::ErrorRuntime(value, _) if value.is_string() => value.to_string(),
+            // Stopped by `on_progress` (Ctrl-C): its reason.
+            EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
             _ => err.to_string(),
         };
         Failure {
@@ -478,13 +551,15 @@ struct Console {
     scope: Scope<'static>,
     /// Functions defined so far (interactive mode keeps them across lines).
     functions: AST,
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Console {
-    fn new(session: &Session, runtime: Handle) -> Console {
+    fn new(session: &Session, runtime: Handle, interrupted: Arc<AtomicBool>) -> Console {
         let ctx = Arc::new(Ctx {
             client: session.client.clone(),
             runtime,
+            interrupted: interrupted.clone(),
         });
         let names = software_names(session);
         let mut scope = Scope::new();
@@ -498,6 +573,7 @@ impl Console {
             engine: build_engine(ctx, Arc::new(names)),
             scope,
             functions: AST::empty(),
+            interrupted,
         }
     }
 
@@ -516,6 +592,7 @@ impl Console {
 
     /// Evaluates one entry, keeping its variables and functions for the next.
     fn eval(&mut self, input: &str) -> std::result::Result<Dynamic, Failure> {
+        self.interrupted.store(false, Ordering::Relaxed);
         let ast = self
             .engine
             .compile_with_scope(&self.scope, input)
@@ -610,7 +687,7 @@ fn interactive(console: &mut Console) -> Result<i32> {
         let _ = editor.load_history(h);
     }
     println!(
-        "slapos console on {} (Rhai). request(hello, \"h\").waitParameter(\"url\", 120); Ctrl-D quits.",
+        "slapos console on {} (Rhai). help() lists the functions; Ctrl-D quits.",
         console.engine_master()
     );
     let mut buffer = String::new();
@@ -627,6 +704,15 @@ fn interactive(console: &mut Console) -> Result<i32> {
                     continue;
                 }
                 let _ = editor.add_history_entry(input.as_str());
+                // Saved at once: a console killed later keeps its history.
+                if let Some(h) = &history {
+                    if let Some(dir) = h.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    if let Err(e) = editor.save_history(h) {
+                        eprintln!("warning: cannot save the history to {}: {e}", h.display());
+                    }
+                }
                 match console.eval(&input) {
                     Ok(value) => console.show(&value),
                     Err(failure) => eprintln!("error: {}", failure.here(input.contains('\n'))),
@@ -638,14 +724,6 @@ fn interactive(console: &mut Console) -> Result<i32> {
             }
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e).context("cannot read the console's input"),
-        }
-    }
-    if let Some(h) = &history {
-        if let Some(dir) = h.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Err(e) = editor.save_history(h) {
-            eprintln!("warning: cannot save the history to {}: {e}", h.display());
         }
     }
     Ok(0)
@@ -705,11 +783,26 @@ impl Console {
 pub async fn run(cfg: Option<PathBuf>, script: Option<PathBuf>) -> Result<i32> {
     let session = Session::open(cfg.as_deref())?;
     let runtime = Handle::current();
+    let interactive_mode = script.is_none() && std::io::stdin().is_terminal();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    if interactive_mode {
+        // Ctrl-C stops the running entry, not the console (at the prompt,
+        // rustyline reads it as a key).
+        // Registered before rustyline's own handler, which it restores after each line.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot handle Ctrl-C")?;
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            while sigint.recv().await.is_some() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     tokio::task::spawn_blocking(move || {
-        let mut console = Console::new(&session, runtime);
+        let mut console = Console::new(&session, runtime, interrupted);
         match script {
             Some(path) => console.run_script(&path).map(|_| 0),
-            None if std::io::stdin().is_terminal() => interactive(&mut console),
+            None if interactive_mode => interactive(&mut console),
             None => piped(&mut console),
         }
     })
@@ -731,6 +824,21 @@ mod tests {
         let mut b = String::from("let a = 1 + \\");
         join_continuation(&mut b, "2;");
         assert_eq!(b, "let a = 1 + \n2;");
+    }
+
+    #[test]
+    fn which_errors_mean_a_master_without_json_api() {
+        assert!(no_json_api(&ClientError::NotFound(
+            "<!doctype html>".into()
+        )));
+        assert!(no_json_api(&ClientError::NotFound(
+            "The requested URL was not found on the server.".into()
+        )));
+        assert!(no_json_api(&ClientError::BadAnswer("not JSON".into())));
+        assert!(!no_json_api(&ClientError::NotFound(
+            "No instance titled \"x\"".into()
+        )));
+        assert!(!no_json_api(&ClientError::NotReady));
     }
 
     #[test]
