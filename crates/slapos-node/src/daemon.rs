@@ -37,6 +37,34 @@ pub struct Node {
 /// How long a failed install waits before it is tried again.
 const INSTALL_RETRY: Duration = Duration::from_secs(60);
 
+/// Rounds a pass adds while partitions wait for what the previous round
+/// brought about (children allocated, connection parameters published).
+const EXTRA_ROUNDS: usize = 4;
+
+/// The outcome of processing every partition once.
+struct Round {
+    /// Partitions that still need attention (waiting, or in error).
+    pending: usize,
+    /// Partitions started, stopped or destroyed by this round.
+    deployed: usize,
+}
+
+/// What, in the master's view, makes the node process a partition.
+fn fingerprint(target: &ComputerTarget) -> Vec<(&str, &str, Option<&str>, Option<&str>)> {
+    target
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.reference.as_str(),
+                p.requested_state.as_str(),
+                p.software_release.as_deref(),
+                p.timestamp.as_deref(),
+            )
+        })
+        .collect()
+}
+
 impl Node {
     pub fn open(config: NodeConfig, formatted: Formatted) -> anyhow::Result<Node> {
         let client = SlapClient::new(&config.master_url)?;
@@ -201,9 +229,28 @@ impl Node {
 
     /// Processes every partition; returns how many still need attention.
     pub async fn instance_step(&self, target: &ComputerTarget, force: bool) -> usize {
+        self.instance_round(target, force).await.pending
+    }
+
+    /// Processes every partition once.
+    async fn instance_round(&self, target: &ComputerTarget, force: bool) -> Round {
         let mut pending = 0;
-        for partition in &target.partitions {
+        let mut deployed = 0;
+        // Children (instances of a tree whose root is another one) before
+        // roots: a root's templates and promises use what its children
+        // publish, so a started tree comes up in one round.
+        let mut order: Vec<&PartitionTarget> = target.partitions.iter().collect();
+        order.sort_by_key(|p| {
+            p.instance_title.is_none() || p.instance_title == p.root_instance_title
+        });
+        for partition in order {
             let outcome = self.process_partition(partition, force).await;
+            if matches!(
+                outcome,
+                Ok(Outcome::Started | Outcome::Stopped | Outcome::Destroyed)
+            ) {
+                deployed += 1;
+            }
             let text = match outcome {
                 Ok(Outcome::Waiting(why)) => {
                     pending += 1;
@@ -220,7 +267,7 @@ impl Node {
                 s.partitions.insert(partition.reference.clone(), text);
             });
         }
-        pending
+        Round { pending, deployed }
     }
 
     async fn process_partition(
@@ -278,12 +325,33 @@ impl Node {
         };
         // Instances of installed releases do not wait for other installs.
         // Failed installs are reported and retried later; they do not make the loop spin.
-        let (_failures, pending) = tokio::join!(
+        let (_failures, mut round) = tokio::join!(
             self.software_step(&target),
-            self.instance_step(&target, force)
+            self.instance_round(&target, force)
         );
+        // A partition that requests children waits for them; the master
+        // allocates them at once (often on this computer) and they publish
+        // as soon as they are deployed. So while something waits, and the
+        // round deployed something or the master's view changed, read it
+        // again and deploy what is new in this same pass, instead of after
+        // the next wait: a tree deploys in one pass rather than one per level.
+        let mut target = target;
+        for _ in 0..EXTRA_ROUNDS {
+            if round.pending == 0 {
+                break;
+            }
+            let next = self
+                .client
+                .computer_target(&self.config.computer_id)
+                .await?;
+            if round.deployed == 0 && fingerprint(&next) == fingerprint(&target) {
+                break;
+            }
+            target = next;
+            round = self.instance_round(&target, false).await;
+        }
         self.set_status(|s| s.passes += 1);
-        Ok(pending)
+        Ok(round.pending)
     }
 
     /// `slapos node run`: converge, then wait for a change (or retry soon if

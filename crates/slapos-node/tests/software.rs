@@ -560,6 +560,46 @@ async fn unknown_debian_package_is_a_clear_error() {
     assert!(!release_dir(&root, &url).exists());
 }
 
+/// A package whose apt candidate is only installed on the host (a backport
+/// installed by hand, which no repository serves) is taken at the highest
+/// version a repository serves, with a warning. Runs only on such a host
+/// (here: qemu-utils from bookworm-backports installed).
+#[tokio::test]
+async fn a_candidate_no_repository_serves_falls_back_to_a_served_version() {
+    if !apt_ready() {
+        return;
+    }
+    let show = std::process::Command::new("apt-cache")
+        .args(["show", "--no-all-versions", "qemu-utils"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    if !show.status.success()
+        || !text.starts_with("Package: qemu-utils")
+        || text.contains("\nFilename:")
+    {
+        eprintln!("SKIPPED: qemu-utils' candidate is served by a repository here, or unknown");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let url = manifest(
+        tmp.path(),
+        "software.toml",
+        "name = \"q\"\n[install]\ndebian = [\"qemu-utils\"]\n",
+    );
+    let mut installer = Installer::new(&tmp.path().join("software")).unwrap();
+    if let Some(cache) = std::env::var_os("SLAPOS_DOWNLOAD_CACHE") {
+        installer = installer.with_cache_dir(Path::new(&cache)).unwrap();
+    }
+    let installed = installer
+        .install(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::read_to_string(installer.log_path(&url)).unwrap();
+    assert!(log.contains("is served by no repository"), "{log}");
+    assert!(installed.root().join("usr/bin/qemu-img").exists());
+}
+
 /// Every template of the example renders in strict mode with the variables
 /// docs/software-release.md lists, before and after the child publishes.
 #[test]
