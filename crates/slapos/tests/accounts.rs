@@ -312,6 +312,53 @@ async fn accounts_story(server: &Server) {
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["requested_state"], "stopped");
 
+    // The CLI with `[slapos] api_token`: requests, supplies and listings as
+    // that user, through the JSON API.
+    let bob_cfg = server.dir.path().join("bob.cfg");
+    std::fs::write(
+        &bob_cfg,
+        format!("[slapos]\nmaster_url = {}\napi_token = {bob}\n", server.url),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::binary())
+            .args(args)
+            .arg("--cfg")
+            .arg(&bob_cfg)
+            .output()
+            .expect("run slapos");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["request", "b-cli", SR, "--node", "computer_guid=COMP-A"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("State is : started"), "{out}");
+    let (ok, out, err) = cli(&["service", "list", "--json"]);
+    assert!(ok, "{err}");
+    let titles: Vec<String> = serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(titles, vec!["b-db", "a-db", "b-cli"], "{out}");
+    let (ok, _, err) = cli(&["service", "info", "a-only"]);
+    assert!(!ok, "Alice's instance is not found by Bob's CLI");
+    assert!(err.contains("a-only"), "{err}");
+    let (ok, out, err) = cli(&["remove", OTHER_SR, "COMP-A"]);
+    assert!(ok, "{out}{err}");
+    let (_, software) = api.get("/api/v1/computers/COMP-A/software", &bob).await;
+    assert_eq!(software[0]["requested_state"], "destroyed", "{software}");
+    let (ok, _, err) = cli(&["remove", SR, "COMP-A"]);
+    assert!(!ok, "Bob cannot remove Alice's supply");
+    assert!(err.contains("No supply"), "{err}");
+    let (_, list) = api.get("/api/v1/instances", &alice).await;
+    assert_eq!(ids(&list), vec![a_db, a_only], "Bob's CLI request is his");
+
     // The node's view (legacy, for now unauthenticated) still has everything.
     let r = http
         .get(format!(
