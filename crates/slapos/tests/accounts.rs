@@ -201,8 +201,38 @@ async fn accounts_story(server: &Server) {
         .await;
     assert_eq!(status, 204);
 
+    // A child requested by Alice's instance (its node, legacy protocol)
+    // belongs to Alice: her tree is hers alone.
+    let partition = a["partition"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{}/requestComputerPartition", server.url))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header(
+            "Authorization",
+            format!("X-SlapPartition computer_id=COMP-A, computer_partition_id={partition}"),
+        )
+        .body(common::request_form(
+            "a-child",
+            "COMP-A",
+            common::EMPTY_DICT,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, a) = api.get(&format!("/api/v1/instances/{a_db}"), &alice).await;
+    let a_child = a["children"][0]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{a}"));
+    assert_eq!(a["children"][0]["title"], "a-child");
+    let (status, child) = api
+        .get(&format!("/api/v1/instances/{a_child}"), &alice)
+        .await;
+    assert_eq!(status, 200, "{child}");
+    assert_eq!(child["root_instance_id"], a_db);
+
     // The matrix: every endpoint naming Alice's instances, as Bob: 404.
-    let alice_ids = [a_db, a_only];
+    let alice_ids = [a_db, a_only, a_child];
     for id in alice_ids {
         for (method, path, body) in [
             (Method::GET, format!("/api/v1/instances/{id}"), None),
@@ -263,7 +293,7 @@ async fn accounts_story(server: &Server) {
     let (_, list) = api.get("/api/v1/instances?roots_only=true", &bob).await;
     assert_eq!(ids(&list), vec![b_db, b_same_title]);
     let (_, list) = api.get("/api/v1/instances", &alice).await;
-    assert_eq!(ids(&list), vec![a_db, a_only]);
+    assert_eq!(ids(&list), vec![a_db, a_only, a_child]);
     let (_, events) = api.get("/api/v1/events", &bob).await;
     let events = events.as_array().unwrap();
     assert!(!events.is_empty());
@@ -287,7 +317,7 @@ async fn accounts_story(server: &Server) {
         .collect();
     assert_eq!(shown.len(), 2, "only Bob's own instances: {computer}");
     assert!(shown.contains(&b_db) && shown.contains(&b_same_title));
-    assert_eq!(computer["computer"]["partitions_free"], 2);
+    assert_eq!(computer["computer"]["partitions_free"], 1);
     let software: Vec<&str> = computer["software"]
         .as_array()
         .unwrap()
@@ -357,7 +387,11 @@ async fn accounts_story(server: &Server) {
     assert!(!ok, "Bob cannot remove Alice's supply");
     assert!(err.contains("No supply"), "{err}");
     let (_, list) = api.get("/api/v1/instances", &alice).await;
-    assert_eq!(ids(&list), vec![a_db, a_only], "Bob's CLI request is his");
+    assert_eq!(
+        ids(&list),
+        vec![a_db, a_only, a_child],
+        "Bob's CLI request is his"
+    );
 
     // The node's view (legacy, for now unauthenticated) still has everything.
     let r = http
