@@ -56,6 +56,9 @@ pub struct RequestedInstance {
 pub struct SlapClient {
     base: String,
     http: reqwest::Client,
+    /// A `slapos master` API token: JSON calls carry it, and user requests
+    /// and supplies go through the JSON API, so they belong to its user.
+    api_token: Option<String>,
 }
 
 fn string_map(v: Option<&Value>) -> BTreeMap<String, Option<String>> {
@@ -93,7 +96,35 @@ impl SlapClient {
                 url: base.clone(),
                 source: e,
             })?;
-        Ok(SlapClient { base, http })
+        Ok(SlapClient {
+            base,
+            http,
+            api_token: None,
+        })
+    }
+
+    /// Uses a `slapos master` API token (`[slapos] api_token`): listings
+    /// send it, and requests and supplies use the JSON API, whose instances
+    /// belong to the token's user (the legacy protocol has no users yet).
+    pub fn with_api_token(mut self, token: Option<String>) -> SlapClient {
+        self.api_token = token.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_token {
+            Some(token) => request.bearer_auth(token.trim()),
+            None => request,
+        }
+    }
+
+    async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<String> {
+        let url = self.url(path);
+        let response = self
+            .authorized(self.http.post(&url).json(body))
+            .send()
+            .await;
+        self.check(&url, response).await
     }
 
     pub fn master_url(&self) -> &str {
@@ -183,7 +214,7 @@ impl SlapClient {
 
     async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
         let url = self.url(path);
-        let response = self.http.get(&url).send().await;
+        let response = self.authorized(self.http.get(&url)).send().await;
         let body = self.check(&url, response).await?;
         serde_json::from_str(&body).map_err(|e| {
             ClientError::BadAnswer(format!(
@@ -194,7 +225,48 @@ impl SlapClient {
 
     /// Requests (or re-requests) an instance.
     pub async fn request(&self, spec: &RequestSpec) -> Result<RequestedInstance> {
+        if self.api_token.is_some() {
+            return self.request_json(spec).await;
+        }
         self.request_with(spec, None).await
+    }
+
+    /// A user's request through the JSON API (with an API token).
+    async fn request_json(&self, spec: &RequestSpec) -> Result<RequestedInstance> {
+        let body = serde_json::json!({
+            "software_release": spec.software_release,
+            "title": spec.title,
+            "software_type": spec.software_type,
+            "parameters": spec.parameters,
+            "sla": spec.sla,
+            "state": spec.state,
+            "shared": spec.shared,
+        });
+        let answer = self.post_json("api/v1/instances", &body).await?;
+        let answer: serde_json::Value = serde_json::from_str(&answer)
+            .map_err(|e| ClientError::BadAnswer(format!("api/v1/instances: {e}")))?;
+        let map = |v: &serde_json::Value| -> BTreeMap<String, Option<String>> {
+            v.as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let text = |key: &str| answer[key].as_str().map(str::to_string);
+        let (computer, partition) = (text("computer"), text("partition"));
+        Ok(RequestedInstance {
+            state: text("requested_state"),
+            connection_parameters: map(&answer["connection_parameters"]),
+            parameters: map(&answer["parameters"]),
+            instance_guid: match (&computer, &partition) {
+                (Some(c), Some(p)) => Some(format!("{c}-{p}")),
+                _ => None,
+            },
+            computer,
+            partition,
+        })
     }
 
     async fn request_with(
@@ -246,6 +318,15 @@ impl SlapClient {
 
     /// Supplies a release to a computer (`available`) or removes it (`destroyed`).
     pub async fn supply(&self, url: &str, computer: &str, state: &str) -> Result<()> {
+        if self.api_token.is_some() {
+            let encoded: String = form_urlencoded::byte_serialize(computer.as_bytes()).collect();
+            self.post_json(
+                &format!("api/v1/computers/{}/software", encoded.replace('+', "%20")),
+                &serde_json::json!({"url": url, "state": state}),
+            )
+            .await?;
+            return Ok(());
+        }
         self.post_form(
             "supplySupply",
             &[("url", url), ("computer_id", computer), ("state", state)],

@@ -14,9 +14,10 @@ use serde_json::json;
 
 use slapos_core::{InstanceState, Sla, SoftwareState, DEFAULT_SOFTWARE_TYPE};
 use slapos_proto::marshal::Value;
-use slapos_store::queries::{self as q, Address, InstanceRow};
+use slapos_store::queries::{self as q, Address, InstanceRow, Scope};
 use slapos_store::Db;
 
+use crate::auth::Caller;
 use crate::engine::{self, RequestInput, Requester};
 use crate::error::MasterError;
 use crate::server::AppState;
@@ -161,7 +162,10 @@ fn software_json(rows: Vec<q::SoftwareRow>) -> Vec<SoftwareJson> {
         .collect()
 }
 
-async fn list_computers(State(state): State<AppState>) -> ApiResult<Json<Vec<ComputerJson>>> {
+async fn list_computers(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<Vec<ComputerJson>>> {
     let list = read(&state, |db| {
         q::list_computers(db)?
             .into_iter()
@@ -174,14 +178,17 @@ async fn list_computers(State(state): State<AppState>) -> ApiResult<Json<Vec<Com
 
 async fn get_computer(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(reference): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let value = read(&state, move |db| {
         let c = engine::computer(db, &reference)?;
         let id = c.id;
-        let software = software_json(q::software_of(db, id)?);
+        let software = software_json(q::software_of_in(db, scope, id)?);
         let partitions: Vec<PartitionJson> = q::partitions_with_instances(db, id)?
             .into_iter()
+            // Another user's instance: the partition is shown as taken only.
+            .map(|(p, i)| (p, i.filter(|i| scope.sees(i))))
             .map(|(p, i)| PartitionJson {
                 reference: p.reference,
                 free: p.instance_id.is_none(),
@@ -199,6 +206,7 @@ async fn get_computer(
 
 async fn set_attributes(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(reference): Path<String>,
     Json(attributes): Json<BTreeMap<String, String>>,
 ) -> ApiResult<StatusCode> {
@@ -215,11 +223,12 @@ async fn set_attributes(
 
 async fn list_software(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(reference): Path<String>,
 ) -> ApiResult<Json<Vec<SoftwareJson>>> {
     let rows = read(&state, move |db| {
         let c = engine::computer(db, &reference)?;
-        Ok(q::software_of(db, c.id)?)
+        Ok(q::software_of_in(db, scope, c.id)?)
     })
     .await?;
     Ok(Json(software_json(rows)))
@@ -234,13 +243,14 @@ struct SupplyBody {
 
 async fn supply(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(reference): Path<String>,
     Json(body): Json<SupplyBody>,
 ) -> ApiResult<StatusCode> {
     let software_state: SoftwareState = body.state.as_deref().unwrap_or("available").parse()?;
     state
         .store
-        .write(move |db| engine::supply(db, &reference, &body.url, software_state))
+        .write(move |db| engine::supply(db, scope, &reference, &body.url, software_state))
         .await?;
     state.notify_change();
     Ok(StatusCode::NO_CONTENT)
@@ -254,6 +264,7 @@ struct MessageBody {
 
 async fn computer_bang(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(reference): Path<String>,
     body: Option<Json<MessageBody>>,
 ) -> ApiResult<StatusCode> {
@@ -412,13 +423,14 @@ fn default_limit() -> i64 {
 
 async fn list_instances(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<InstanceJson>>> {
     let limit = query.limit.clamp(1, 1000);
     let list = read(&state, move |db| {
-        q::list_instances(db, query.roots_only, query.after, limit)?
+        q::list_instances_in(db, scope, query.roots_only, query.after, limit)?
             .into_iter()
-            .map(|row| instance_json(db, row))
+            .map(|row| scoped_instance_json(db, scope, row))
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
@@ -427,12 +439,13 @@ async fn list_instances(
 
 async fn get_instance(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let value = read(&state, move |db| {
-        let row = q::instance_by_id(db, id)?
+        let row = q::instance_by_id_in(db, scope, id)?
             .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
-        instance_with_tree(db, row)
+        instance_with_tree(db, scope, row)
     })
     .await?;
     Ok(Json(value))
@@ -440,30 +453,53 @@ async fn get_instance(
 
 async fn get_instance_by_title(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(title): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let value = read(&state, move |db| {
-        let row = match q::instance_by_title(db, 0, false, &title)? {
+        let row = match q::root_by_title_in(db, scope, false, &title)? {
             Some(r) => r,
-            None => q::instance_by_title(db, 0, true, &title)?
+            None => q::root_by_title_in(db, scope, true, &title)?
                 .ok_or_else(|| MasterError::NotFound(format!("No instance titled {title:?}")))?,
         };
-        instance_with_tree(db, row)
+        instance_with_tree(db, scope, row)
     })
     .await?;
     Ok(Json(value))
 }
 
-fn instance_with_tree(db: &mut dyn Db, row: InstanceRow) -> Result<serde_json::Value, MasterError> {
+/// An instance as a user sees it: the host of a shared instance is named
+/// only when it is theirs too.
+fn scoped_instance_json(
+    db: &mut dyn Db,
+    scope: Scope,
+    row: InstanceRow,
+) -> Result<InstanceJson, MasterError> {
+    let host = row.host_id;
+    let mut value = instance_json(db, row)?;
+    if let Some(host) = host {
+        if q::instance_by_id_in(db, scope, host)?.is_none() {
+            value.host_instance_id = None;
+        }
+    }
+    Ok(value)
+}
+
+fn instance_with_tree(
+    db: &mut dyn Db,
+    scope: Scope,
+    row: InstanceRow,
+) -> Result<serde_json::Value, MasterError> {
     let children: Vec<_> = q::instances_requested_by(db, row.id)?
         .into_iter()
+        .filter(|c| scope.sees(c))
         .map(|c| json!({"id": c.id, "title": c.title, "shared": c.shared, "requested_state": c.requested_state}))
         .collect();
-    let hosted: Vec<_> = q::shared_hosted_by(db, row.id)?
+    let hosted: Vec<_> = q::shared_hosted_by_in(db, scope, row.id)?
         .into_iter()
         .map(|c| json!({"id": c.id, "title": c.title, "requested_state": c.requested_state}))
         .collect();
-    let mut value = serde_json::to_value(instance_json(db, row)?).unwrap_or_default();
+    let mut value = serde_json::to_value(scoped_instance_json(db, scope, row)?).unwrap_or_default();
     value["children"] = json!(children);
     value["hosted_shared_instances"] = json!(hosted);
     Ok(value)
@@ -501,6 +537,7 @@ pub(crate) fn json_to_value(v: serde_json::Value) -> Value {
 
 async fn do_request(
     state: &AppState,
+    scope: Scope,
     body: RequestBody,
 ) -> ApiResult<(StatusCode, Json<InstanceJson>)> {
     let requested_state = body
@@ -523,9 +560,10 @@ async fn do_request(
         state: requested_state,
         shared: body.shared,
         requester: Requester::User,
+        owner: scope.owner(),
     };
     let row = perform_request(state, input).await?;
-    let instance = read(state, move |db| instance_json(db, row)).await?;
+    let instance = read(state, move |db| scoped_instance_json(db, scope, row)).await?;
     Ok((StatusCode::OK, Json(instance)))
 }
 
@@ -557,9 +595,10 @@ pub(crate) async fn perform_request(
 
 async fn request_instance(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Json(body): Json<RequestBody>,
 ) -> ApiResult<(StatusCode, Json<InstanceJson>)> {
-    do_request(&state, body).await
+    do_request(&state, scope, body).await
 }
 
 /// The seed document's `POST /software_instance_module/` with
@@ -580,10 +619,12 @@ struct SeedRequest {
 
 async fn seed_request(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Json(body): Json<SeedRequest>,
 ) -> ApiResult<(StatusCode, Json<InstanceJson>)> {
     do_request(
         &state,
+        scope,
         RequestBody {
             software_release: body.software_release,
             title: body.instance_id,
@@ -605,6 +646,7 @@ struct StateBody {
 /// Changes the requested state of a root instance, keeping everything else.
 async fn set_state(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(id): Path<i64>,
     Json(body): Json<StateBody>,
 ) -> ApiResult<Json<InstanceJson>> {
@@ -613,8 +655,8 @@ async fn set_state(
     let instance = state
         .store
         .write(move |db| {
-            let row = engine::set_requested_state(db, &config, id, new_state)?;
-            instance_json(db, row)
+            let row = engine::set_requested_state(db, &config, scope, id, new_state)?;
+            scoped_instance_json(db, scope, row)
         })
         .await?;
     state.notify_change();
@@ -631,13 +673,14 @@ struct EventQuery {
 
 async fn list_events(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Query(query): Query<EventQuery>,
 ) -> ApiResult<Json<Vec<q::EventRow>>> {
     let limit = query.limit.clamp(1, 1000);
     let before = query.before.unwrap_or(i64::MAX);
     Ok(Json(
         read(&state, move |db| {
-            Ok(q::list_events(db, None, before, limit)?)
+            Ok(q::list_events_in(db, scope, None, before, limit)?)
         })
         .await?,
     ))
@@ -645,6 +688,7 @@ async fn list_events(
 
 async fn instance_events(
     State(state): State<AppState>,
+    Caller(scope): Caller,
     Path(id): Path<i64>,
     Query(query): Query<EventQuery>,
 ) -> ApiResult<Json<Vec<q::EventRow>>> {
@@ -652,7 +696,11 @@ async fn instance_events(
     let before = query.before.unwrap_or(i64::MAX);
     Ok(Json(
         read(&state, move |db| {
-            Ok(q::list_events(db, Some(id), before, limit)?)
+            // A user asking for another user's instance learns nothing.
+            if scope != Scope::All && !q::instance_visible(db, scope, id)? {
+                return Err(MasterError::NotFound(format!("No instance {id}")));
+            }
+            Ok(q::list_events_in(db, scope, Some(id), before, limit)?)
         })
         .await?,
     ))

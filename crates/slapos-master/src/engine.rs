@@ -10,7 +10,7 @@ use slapos_core::{
 };
 use slapos_proto::marshal::{self, python_str, Value};
 use slapos_proto::params;
-use slapos_store::queries::{self as q, Address, ComputerRow, InstanceRow, PartitionRow};
+use slapos_store::queries::{self as q, Address, ComputerRow, InstanceRow, PartitionRow, Scope};
 use slapos_store::Db;
 
 use crate::error::{MasterError, Result};
@@ -153,7 +153,15 @@ pub fn load_computer_configuration(db: &mut dyn Db, config: &ComputerConfig) -> 
 
 /// Asks a computer to install (`available`) or remove (`destroyed`) a release.
 /// Supplying to a computer not yet formatted registers it, as the reference does.
-pub fn supply(db: &mut dyn Db, computer_ref: &str, url: &str, state: SoftwareState) -> Result<()> {
+/// A user (`Scope::User`) supplies as the owner of the supply and changes only
+/// their own: a release supplied there by someone else is not found.
+pub fn supply(
+    db: &mut dyn Db,
+    scope: Scope,
+    computer_ref: &str,
+    url: &str,
+    state: SoftwareState,
+) -> Result<()> {
     validate_reference("computer reference", computer_ref)?;
     validate_software_url(url)?;
     let now = now_micros();
@@ -161,7 +169,11 @@ pub fn supply(db: &mut dyn Db, computer_ref: &str, url: &str, state: SoftwareSta
         Some(c) => c.id,
         None => q::upsert_computer(db, computer_ref, None, None, now)?,
     };
-    q::upsert_supply(db, computer_id, url, state.as_str(), now)?;
+    if !q::upsert_supply(db, scope, computer_id, url, state.as_str(), now)? {
+        return Err(not_found(format!(
+            "No supply of {url} on {computer_ref} that you may change"
+        )));
+    }
     event(
         db,
         "software.supplied",
@@ -262,6 +274,9 @@ pub struct RequestInput {
     pub state: Option<InstanceState>,
     pub shared: bool,
     pub requester: Requester,
+    /// The user who owns a root instance (`None`: the proxy's implicit
+    /// user). Ignored for a child, which belongs to its tree's owner.
+    pub owner: Option<i64>,
 }
 
 /// What a request resolved to, with everything an answer needs.
@@ -524,11 +539,15 @@ pub fn request(
         ),
     };
     let tree_id = requester.as_ref().map_or(0, |r| r.root_id());
-    q::lock_title(db, tree_id, input.shared, &input.title)?;
+    let owner = match &requester {
+        Some(r) => r.user_id,
+        None => input.owner,
+    };
+    q::lock_title(db, tree_id, input.shared, owner, &input.title)?;
     if input.shared {
-        request_shared(db, config, input, tree_id, requester.as_ref())
+        request_shared(db, config, input, tree_id, owner, requester.as_ref())
     } else {
-        request_instance(db, config, input, tree_id, requester.as_ref())
+        request_instance(db, config, input, tree_id, owner, requester.as_ref())
     }
 }
 
@@ -566,11 +585,12 @@ fn request_instance(
     config: &EngineConfig,
     input: &RequestInput,
     tree_id: i64,
+    owner: Option<i64>,
     requester: Option<&InstanceRow>,
 ) -> Result<RequestOutcome> {
     let now = now_micros();
     let parameters = encode_parameters(&input.parameters)?;
-    let existing = q::instance_by_title(db, tree_id, false, &input.title)?;
+    let existing = q::instance_by_title(db, tree_id, false, owner, &input.title)?;
     let instance = match existing {
         None => {
             let state = input.state.unwrap_or(InstanceState::Started);
@@ -600,6 +620,7 @@ fn request_instance(
                 status_message: None,
                 created_at: now,
                 updated_at: now,
+                user_id: owner,
             };
             row.id = q::insert_instance(db, &row)?;
             let mut partition = None;
@@ -758,11 +779,12 @@ fn request_shared(
     config: &EngineConfig,
     input: &RequestInput,
     tree_id: i64,
+    owner: Option<i64>,
     requester: Option<&InstanceRow>,
 ) -> Result<RequestOutcome> {
     let now = now_micros();
     let parameters = encode_parameters(&input.parameters)?;
-    let existing = q::instance_by_title(db, tree_id, true, &input.title)?;
+    let existing = q::instance_by_title(db, tree_id, true, owner, &input.title)?;
     let state = input
         .state
         .map(|s| s.as_str().to_string())
@@ -802,6 +824,7 @@ fn request_shared(
                 status_message: None,
                 created_at: now,
                 updated_at: now,
+                user_id: owner,
             };
             row.id = q::insert_instance(db, &row)?;
             event(
@@ -1142,7 +1165,8 @@ pub fn rename(
     if target.title == new_name {
         return Ok(());
     }
-    if q::instance_by_title(db, target.tree_id, target.shared, new_name)?.is_some() {
+    if q::instance_by_title(db, target.tree_id, target.shared, target.user_id, new_name)?.is_some()
+    {
         return Err(MasterError::Conflict(format!(
             "An instance named {new_name:?} already exists in this tree"
         )));
@@ -1191,10 +1215,11 @@ pub fn instance_error(
 pub fn set_requested_state(
     db: &mut dyn Db,
     config: &EngineConfig,
+    scope: Scope,
     id: i64,
     new_state: InstanceState,
 ) -> Result<InstanceRow> {
-    let row = q::instance_by_id(db, id)?
+    let row = q::instance_by_id_in(db, scope, id)?
         .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
     if row.tree_id != 0 {
         return Err(MasterError::Conflict(
@@ -1210,6 +1235,7 @@ pub fn set_requested_state(
         state: Some(new_state),
         shared: row.shared,
         requester: Requester::User,
+        owner: row.user_id,
     };
     Ok(request(db, config, &input)?.instance)
 }

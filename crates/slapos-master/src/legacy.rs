@@ -570,7 +570,16 @@ async fn supply(State(state): State<AppState>, body: Bytes) -> LegacyResult {
         .parse()
         .map_err(MasterError::from)?;
     let (u, c) = (url.clone(), computer.clone());
-    write(&state, move |db| engine::supply(db, &c, &u, software_state)).await?;
+    write(&state, move |db| {
+        engine::supply(
+            db,
+            slapos_store::queries::Scope::All,
+            &c,
+            &u,
+            software_state,
+        )
+    })
+    .await?;
     text(format!(
         "Supplied {} to be {software_state}",
         python_repr(&url)
@@ -720,6 +729,9 @@ async fn request_computer_partition(
         state: requested_state,
         shared,
         requester,
+        // The legacy protocol is not authenticated yet (TLS client
+        // certificates come later): its requests belong to no user.
+        owner: None,
     };
     let config = state.engine.clone();
     let outcome = write(&state, move |db| engine::request(db, &config, &input)).await?;

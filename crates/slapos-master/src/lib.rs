@@ -3,6 +3,7 @@
 //! JSON API). `slapos proxy` and `slapos master` both run this crate.
 
 pub mod api;
+pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod legacy;
@@ -11,6 +12,7 @@ pub mod server;
 pub mod views;
 pub mod web;
 
+pub use auth::Authentication;
 pub use engine::EngineConfig;
 pub use error::MasterError;
 pub use server::{serve, AppState, Forward, MasterConfig};

@@ -12,6 +12,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use slapos_store::Store;
 use tokio::sync::watch;
 
+use crate::auth::Authentication;
 use crate::engine::EngineConfig;
 
 /// How the master is set up.
@@ -25,6 +26,9 @@ pub struct MasterConfig {
     /// Other masters that requests for some releases are forwarded to
     /// (the proxy's `[multimaster/URL]` sections).
     pub forwards: Vec<Forward>,
+    /// Whether JSON API callers must name their user with a token (only
+    /// `slapos master`; the proxy is always `Off`).
+    pub authentication: Authentication,
 }
 
 /// A `[multimaster/URL]` section: requests for these releases, or whose SLA
@@ -42,6 +46,7 @@ impl Default for MasterConfig {
             software_products: Vec::new(),
             max_body_bytes: 32 * 1024 * 1024,
             forwards: Vec::new(),
+            authentication: Authentication::Off,
         }
     }
 }
@@ -53,6 +58,7 @@ pub struct AppState {
     pub engine: EngineConfig,
     pub software_products: Arc<Vec<(String, String)>>,
     pub forwards: Arc<Vec<Forward>>,
+    pub authentication: Authentication,
     pub http: reqwest::Client,
     /// Parameter schemas of native releases.
     pub schemas: Arc<crate::schemas::Schemas>,
@@ -75,6 +81,7 @@ impl AppState {
             engine: config.engine.clone(),
             software_products: Arc::new(config.software_products.clone()),
             forwards: Arc::new(config.forwards.clone()),
+            authentication: config.authentication,
             schemas: Arc::new(crate::schemas::Schemas::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -120,7 +127,14 @@ pub fn router(state: AppState, config: &MasterConfig) -> Router {
     Router::new()
         .merge(crate::legacy::routes())
         .merge(crate::api::routes())
-        .merge(crate::web::routes())
+        .merge(match config.authentication {
+            Authentication::Off => crate::web::routes(),
+            // Accounts on: the dashboard would show every user's instances,
+            // so it refuses until it has a login page.
+            Authentication::Token => crate::web::routes().route_layer(axum::middleware::from_fn(
+                |_: axum::extract::Request, _: axum::middleware::Next| dashboard_refused(),
+            )),
+        })
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -129,6 +143,23 @@ pub fn router(state: AppState, config: &MasterConfig) -> Router {
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
+}
+
+async fn dashboard_refused() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/html; charset=utf-8",
+        )],
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>401 Unauthorized - SlapOS</title></head>\
+<body><h1>401 Unauthorized</h1><p>This master has accounts enabled \
+(<code>[slapmaster] authentication = token</code>) and its dashboard has no login page yet, \
+so it is not served. Use the JSON API under <code>/api/v1</code> with \
+<code>Authorization: Bearer &lt;token&gt;</code>.</p></body></html>",
+    )
+        .into_response()
 }
 
 /// Serves until `shutdown` resolves; in-flight requests are finished first.

@@ -114,6 +114,7 @@ fn input(title: &str, computer: Option<&str>) -> RequestInput {
         state: None,
         shared: false,
         requester: Requester::User,
+        owner: None,
     }
 }
 
@@ -152,7 +153,7 @@ async fn story(name: &str, store: &Store) {
 
     // Supply and software reports.
     run(store, |db| {
-        engine::supply(db, "COMP-1", SR, SoftwareState::Available)
+        engine::supply(db, q::Scope::All, "COMP-1", SR, SoftwareState::Available)
     })
     .await
     .unwrap();
@@ -237,7 +238,7 @@ async fn story(name: &str, store: &Store) {
         "{name}: {nowhere:?}"
     );
     let leftover = store
-        .read(|db| Ok::<_, MasterError>(q::instance_by_title(db, 0, false, "in-mars")?))
+        .read(|db| Ok::<_, MasterError>(q::instance_by_title(db, 0, false, None, "in-mars")?))
         .await
         .unwrap();
     assert!(
@@ -262,7 +263,9 @@ async fn story(name: &str, store: &Store) {
 
     // The child publishes: stored, and its requester is bumped.
     let before = store
-        .read(move |db| Ok::<_, MasterError>(q::instance_by_title(db, 0, false, "root")?.unwrap()))
+        .read(move |db| {
+            Ok::<_, MasterError>(q::instance_by_title(db, 0, false, None, "root")?.unwrap())
+        })
         .await
         .unwrap();
     run(store, |db| {
@@ -277,7 +280,9 @@ async fn story(name: &str, store: &Store) {
     .await
     .unwrap();
     let after = store
-        .read(move |db| Ok::<_, MasterError>(q::instance_by_title(db, 0, false, "root")?.unwrap()))
+        .read(move |db| {
+            Ok::<_, MasterError>(q::instance_by_title(db, 0, false, None, "root")?.unwrap())
+        })
         .await
         .unwrap();
     assert!(
@@ -387,6 +392,7 @@ async fn story(name: &str, store: &Store) {
     let bad = run(store, |db| {
         engine::supply(
             db,
+            q::Scope::All,
             "COMP-1",
             "file:///srv/../etc/passwd",
             SoftwareState::Available,
@@ -481,7 +487,7 @@ async fn acknowledged_writes_survive_a_restart() {
     }
     let store = Store::open(&path, &StoreOptions::default()).unwrap();
     let kept = store
-        .read(|db| Ok::<_, MasterError>(q::instance_by_title(db, 0, false, "kept")?))
+        .read(|db| Ok::<_, MasterError>(q::instance_by_title(db, 0, false, None, "kept")?))
         .await
         .unwrap();
     assert!(kept.is_some());

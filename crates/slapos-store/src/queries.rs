@@ -79,6 +79,9 @@ pub struct InstanceRow {
     pub status_message: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The user who owns the instance (a child: its tree's owner); `None`
+    /// for the proxy's single implicit user and rows older than accounts.
+    pub user_id: Option<i64>,
 }
 
 impl InstanceRow {
@@ -307,29 +310,48 @@ fn software_from(r: &Row) -> Result<SoftwareRow> {
     })
 }
 
-/// Supplies (or asks to remove) a release; the list is kept in last-supply order.
+/// Supplies (or asks to remove) a release; the list is kept in last-supply
+/// order. A new supply belongs to the scope's user; a user changes only their
+/// own supplies (false: the release is supplied there by someone else), while
+/// `Scope::All` changes any and keeps its owner.
 pub fn upsert_supply(
     db: &mut dyn Db,
+    scope: Scope,
     computer_id: i64,
     url: &str,
     state: &str,
     now: i64,
-) -> Result<()> {
-    db.execute(
-        "INSERT INTO software_installation (computer_id, url, requested_state, supply_seq, updated_at) VALUES ($1, $2, $3, $4, $4) \
-         ON CONFLICT (computer_id, url) DO UPDATE SET requested_state = excluded.requested_state, \
-         supply_seq = excluded.supply_seq, updated_at = excluded.updated_at",
-        &[computer_id.into(), url.into(), state.into(), now.into()],
+) -> Result<bool> {
+    let (owner, guard) = match scope {
+        Scope::All => (None, ""),
+        Scope::User(id) => (
+            Some(id),
+            " WHERE software_installation.user_id = excluded.user_id",
+        ),
+    };
+    let n = db.execute(
+        &format!(
+            "INSERT INTO software_installation (computer_id, url, requested_state, supply_seq, updated_at, user_id) VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT (computer_id, url) DO UPDATE SET requested_state = excluded.requested_state, \
+             supply_seq = excluded.supply_seq, updated_at = excluded.updated_at{guard}"
+        ),
+        &[computer_id.into(), url.into(), state.into(), now.into(), owner.into()],
     )?;
-    Ok(())
+    Ok(n > 0)
 }
 
+/// Every release supplied on a computer (what its node installs).
 pub fn software_of(db: &mut dyn Db, computer_id: i64) -> Result<Vec<SoftwareRow>> {
-    let sql = format!("SELECT {SOFTWARE_COLUMNS} FROM software_installation WHERE computer_id = $1 ORDER BY supply_seq, url");
-    db.query(&sql, &[computer_id.into()])?
-        .iter()
-        .map(software_from)
-        .collect()
+    software_of_in(db, Scope::All, computer_id)
+}
+
+/// The releases supplied on a computer that the scope may see.
+pub fn software_of_in(db: &mut dyn Db, scope: Scope, computer_id: i64) -> Result<Vec<SoftwareRow>> {
+    let (filter, owner) = scope.filter("user_id", 2);
+    let sql = format!("SELECT {SOFTWARE_COLUMNS} FROM software_installation WHERE computer_id = $1{filter} ORDER BY supply_seq, url");
+    let mut params: Vec<Param<'_>> = vec![computer_id.into()];
+    params.extend(owner.map(Param::from));
+    db.query(&sql, &params)?.iter().map(software_from).collect()
 }
 
 pub fn software_everywhere(db: &mut dyn Db) -> Result<Vec<(String, SoftwareRow)>> {
@@ -372,8 +394,8 @@ pub fn delete_software(db: &mut dyn Db, computer_id: i64, url: &str) -> Result<b
 
 const INSTANCE_COLUMNS: &str = "i.id, i.title, i.tree_id, i.requester_id, i.software_release, i.software_type, i.shared, \
      i.parameters, i.sla, i.requested_state, i.partition_id, i.host_id, i.connection_xml, i.timestamp, \
-     i.reported_state, i.reported_at, i.status_message, i.created_at, i.updated_at";
-const INSTANCE_WIDTH: usize = 19;
+     i.reported_state, i.reported_at, i.status_message, i.created_at, i.updated_at, i.user_id";
+const INSTANCE_WIDTH: usize = 20;
 
 fn instance_from(r: &Row, at: usize) -> Result<InstanceRow> {
     Ok(InstanceRow {
@@ -396,6 +418,7 @@ fn instance_from(r: &Row, at: usize) -> Result<InstanceRow> {
         status_message: r.opt_text(at + 16)?,
         created_at: r.int(at + 17)?,
         updated_at: r.int(at + 18)?,
+        user_id: r.opt_int(at + 19)?,
     })
 }
 
@@ -417,17 +440,25 @@ pub fn instance_by_id(db: &mut dyn Db, id: i64) -> Result<Option<InstanceRow>> {
         .next())
 }
 
-/// The live instance titled `title` in a tree (`tree_id` 0: among roots).
+/// The live instance titled `title` in a tree (`tree_id` 0: among the roots
+/// of `owner`; `None`: the rows without an owner). Titles are unique per
+/// owner, so two users may both have a `my-cache`.
 pub fn instance_by_title(
     db: &mut dyn Db,
     tree_id: i64,
     shared: bool,
+    owner: Option<i64>,
     title: &str,
 ) -> Result<Option<InstanceRow>> {
     Ok(instances_where(
         db,
-        "i.tree_id = $1 AND i.shared = $2 AND i.title = $3",
-        &[tree_id.into(), shared.into(), title.into()],
+        "COALESCE(i.user_id, 0) = $4 AND i.tree_id = $1 AND i.shared = $2 AND i.title = $3",
+        &[
+            tree_id.into(),
+            shared.into(),
+            title.into(),
+            owner.unwrap_or(0).into(),
+        ],
     )?
     .into_iter()
     .next())
@@ -452,28 +483,6 @@ pub fn shared_hosted_by(db: &mut dyn Db, host_id: i64) -> Result<Vec<InstanceRow
 
 pub fn instances_requested_by(db: &mut dyn Db, requester_id: i64) -> Result<Vec<InstanceRow>> {
     instances_where(db, "i.requester_id = $1", &[requester_id.into()])
-}
-
-/// Live instances, optionally only roots, in id order after `after_id`.
-pub fn list_instances(
-    db: &mut dyn Db,
-    roots_only: bool,
-    after_id: i64,
-    limit: i64,
-) -> Result<Vec<InstanceRow>> {
-    let condition = if roots_only {
-        "i.tree_id = 0 AND i.id > $1 LIMIT $2"
-    } else {
-        "i.id > $1 LIMIT $2"
-    };
-    let sql = format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instance i WHERE i.archived_at IS NULL AND {} ",
-        condition.replace(" LIMIT", " ORDER BY i.id LIMIT")
-    );
-    db.query(&sql, &[after_id.into(), limit.into()])?
-        .iter()
-        .map(|r| instance_from(r, 0))
-        .collect()
 }
 
 /// A partition of a computer with the instance it holds, in format order:
@@ -508,7 +517,7 @@ pub fn shared_on_computer(db: &mut dyn Db, computer_id: i64) -> Result<Vec<Insta
          JOIN partition p ON p.id = h.partition_id \
          WHERE p.computer_id = $1 AND i.archived_at IS NULL AND i.shared = 1 ORDER BY i.id"
     );
-    debug_assert_eq!(INSTANCE_WIDTH, 19);
+    debug_assert_eq!(INSTANCE_WIDTH, 20);
     db.query(&sql, &[computer_id.into()])?
         .iter()
         .map(|r| instance_from(r, 0))
@@ -543,11 +552,17 @@ pub fn host_candidates(
 /// Serialises concurrent requests of one title in one tree across masters
 /// (PostgreSQL advisory lock held until commit; a no-op on SQLite, whose
 /// single writer already serialises them).
-pub fn lock_title(db: &mut dyn Db, tree_id: i64, shared: bool, title: &str) -> Result<()> {
+pub fn lock_title(
+    db: &mut dyn Db,
+    tree_id: i64,
+    shared: bool,
+    owner: Option<i64>,
+    title: &str,
+) -> Result<()> {
     if db.dialect() == Dialect::Postgres {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (tree_id, shared, title).hash(&mut h);
+        (tree_id, shared, owner, title).hash(&mut h);
         db.execute(
             "SELECT pg_advisory_xact_lock($1)",
             &[(h.finish() as i64).into()],
@@ -560,7 +575,7 @@ pub fn insert_instance(db: &mut dyn Db, i: &InstanceRow) -> Result<i64> {
     let row = db.query_opt(
         "INSERT INTO instance (title, tree_id, requester_id, software_release, software_type, shared, parameters, sla, \
          requested_state, partition_id, host_id, connection_xml, timestamp, reported_state, reported_at, status_message, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+         created_at, updated_at, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
         &[
             (&i.title).into(),
             i.tree_id.into(),
@@ -580,6 +595,7 @@ pub fn insert_instance(db: &mut dyn Db, i: &InstanceRow) -> Result<i64> {
             (&i.status_message).into(),
             i.created_at.into(),
             i.updated_at.into(),
+            i.user_id.into(),
         ],
     )?;
     row.ok_or_else(|| StoreError::Corrupt("insert returned no row".into()))?
@@ -858,4 +874,247 @@ pub fn last_event_id(db: &mut dyn Db) -> Result<i64> {
         .map(|r| r.int(0))
         .transpose()
         .map(|v| v.unwrap_or(0))
+}
+
+// ---------------------------------------------------------------- tenancy
+
+/// Whose rows a query may see. Every read or change of user-owned rows made
+/// on behalf of a user goes through a function taking a `Scope`, so that the
+/// owner filter is in the SQL, never left to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: the proxy's single user, nodes, the engine itself.
+    All,
+    /// Only the rows this user owns.
+    User(i64),
+}
+
+impl Scope {
+    /// ` AND {column} = ${n}` and its parameter, or nothing for `All`.
+    fn filter(self, column: &str, n: usize) -> (String, Option<i64>) {
+        match self {
+            Scope::All => (String::new(), None),
+            Scope::User(id) => (format!(" AND {column} = ${n}"), Some(id)),
+        }
+    }
+
+    /// The owner new rows get in this scope.
+    pub fn owner(self) -> Option<i64> {
+        match self {
+            Scope::All => None,
+            Scope::User(id) => Some(id),
+        }
+    }
+
+    /// Whether a row already read may be shown in this scope (for rows
+    /// reached through a join on something the scope may see, such as the
+    /// instances on a computer's partitions).
+    pub fn sees(self, instance: &InstanceRow) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::User(id) => instance.user_id == Some(id),
+        }
+    }
+}
+
+/// A live instance by id, if the scope may see it.
+pub fn instance_by_id_in(db: &mut dyn Db, scope: Scope, id: i64) -> Result<Option<InstanceRow>> {
+    let (filter, owner) = scope.filter("i.user_id", 2);
+    let mut params: Vec<Param<'_>> = vec![id.into()];
+    params.extend(owner.map(Param::from));
+    Ok(instances_where(db, &format!("i.id = $1{filter}"), &params)?
+        .into_iter()
+        .next())
+}
+
+/// Whether an instance (live or archived) exists and the scope may see it.
+pub fn instance_visible(db: &mut dyn Db, scope: Scope, id: i64) -> Result<bool> {
+    let (filter, owner) = scope.filter("user_id", 2);
+    let mut params: Vec<Param<'_>> = vec![id.into()];
+    params.extend(owner.map(Param::from));
+    Ok(db
+        .query_opt(
+            &format!("SELECT id FROM instance WHERE id = $1{filter}"),
+            &params,
+        )?
+        .is_some())
+}
+
+/// The live root instance titled `title` of the scope's user.
+pub fn root_by_title_in(
+    db: &mut dyn Db,
+    scope: Scope,
+    shared: bool,
+    title: &str,
+) -> Result<Option<InstanceRow>> {
+    instance_by_title(db, 0, shared, scope.owner(), title)
+}
+
+/// Live instances the scope may see, optionally only roots, in id order
+/// after `after_id`.
+pub fn list_instances_in(
+    db: &mut dyn Db,
+    scope: Scope,
+    roots_only: bool,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<InstanceRow>> {
+    let (filter, owner) = scope.filter("i.user_id", 3);
+    let roots = if roots_only { " AND i.tree_id = 0" } else { "" };
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instance i WHERE i.archived_at IS NULL{roots}{filter} \
+         AND i.id > $1 ORDER BY i.id LIMIT $2"
+    );
+    let mut params: Vec<Param<'_>> = vec![after_id.into(), limit.into()];
+    params.extend(owner.map(Param::from));
+    db.query(&sql, &params)?
+        .iter()
+        .map(|r| instance_from(r, 0))
+        .collect()
+}
+
+/// Live shared instances hosted by an instance that the scope may see.
+pub fn shared_hosted_by_in(
+    db: &mut dyn Db,
+    scope: Scope,
+    host_id: i64,
+) -> Result<Vec<InstanceRow>> {
+    let (filter, owner) = scope.filter("i.user_id", 2);
+    let mut params: Vec<Param<'_>> = vec![host_id.into()];
+    params.extend(owner.map(Param::from));
+    instances_where(db, &format!("i.host_id = $1{filter}"), &params)
+}
+
+/// Events newest first, optionally of one instance, with ids below
+/// `before_id`; a user sees only the events of their own instances.
+pub fn list_events_in(
+    db: &mut dyn Db,
+    scope: Scope,
+    instance_id: Option<i64>,
+    before_id: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    let Scope::User(user) = scope else {
+        return list_events(db, instance_id, before_id, limit);
+    };
+    let (condition, params): (&str, Vec<Param<'_>>) = match instance_id {
+        Some(id) => (
+            "e.instance_id = $4 AND",
+            vec![user.into(), before_id.into(), limit.into(), id.into()],
+        ),
+        None => ("", vec![user.into(), before_id.into(), limit.into()]),
+    };
+    db.query(
+        &format!(
+            "SELECT e.id, e.at, e.kind, e.computer, e.partition, e.instance_id, e.message FROM event e \
+             JOIN instance i ON i.id = e.instance_id \
+             WHERE {condition} i.user_id = $1 AND e.id < $2 ORDER BY e.id DESC LIMIT $3"
+        ),
+        &params,
+    )?
+    .iter()
+    .map(event_from)
+    .collect()
+}
+
+// ---------------------------------------------------------------- accounts
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenRow {
+    pub id: i64,
+    pub user: String,
+    pub label: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Creates a user; `None` if the name is taken.
+pub fn insert_user(db: &mut dyn Db, name: &str, now: i64) -> Result<Option<i64>> {
+    db.query_opt(
+        "INSERT INTO \"user\" (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING id",
+        &[name.into(), now.into()],
+    )?
+    .map(|r| r.int(0))
+    .transpose()
+}
+
+pub fn user_by_name(db: &mut dyn Db, name: &str) -> Result<Option<UserRow>> {
+    db.query_opt(
+        "SELECT id, name, created_at FROM \"user\" WHERE name = $1",
+        &[name.into()],
+    )?
+    .map(|r| {
+        Ok(UserRow {
+            id: r.int(0)?,
+            name: r.text(1)?,
+            created_at: r.int(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Records a token by the hex SHA-256 of its text (the text is never stored).
+pub fn insert_token(
+    db: &mut dyn Db,
+    user_id: i64,
+    token_hash: &str,
+    label: &str,
+    now: i64,
+) -> Result<i64> {
+    db.query_opt(
+        "INSERT INTO api_token (token_hash, user_id, label, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        &[token_hash.into(), user_id.into(), label.into(), now.into()],
+    )?
+    .ok_or_else(|| StoreError::Corrupt("insert returned no row".into()))?
+    .int(0)
+}
+
+/// The user of a live (not revoked) token, by the hash of its text, with
+/// the stored hash (for the caller's constant-time comparison).
+pub fn user_of_token(db: &mut dyn Db, token_hash: &str) -> Result<Option<(i64, String)>> {
+    db.query_opt(
+        "SELECT t.user_id, t.token_hash FROM api_token t WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+        &[token_hash.into()],
+    )?
+    .map(|r| Ok((r.int(0)?, r.text(1)?)))
+    .transpose()
+}
+
+/// Revokes a token by id; false if there is no such live token.
+pub fn revoke_token(db: &mut dyn Db, id: i64, now: i64) -> Result<bool> {
+    Ok(db.execute(
+        "UPDATE api_token SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        &[now.into(), id.into()],
+    )? > 0)
+}
+
+/// Tokens (never their text), optionally of one user, oldest first.
+pub fn list_tokens(db: &mut dyn Db, user: Option<&str>) -> Result<Vec<TokenRow>> {
+    let base = "SELECT t.id, u.name, t.label, t.created_at, t.revoked_at FROM api_token t \
+                JOIN \"user\" u ON u.id = t.user_id";
+    match user {
+        Some(name) => db.query(
+            &format!("{base} WHERE u.name = $1 ORDER BY t.id"),
+            &[name.into()],
+        )?,
+        None => db.query(&format!("{base} ORDER BY t.id"), &[])?,
+    }
+    .iter()
+    .map(|r| {
+        Ok(TokenRow {
+            id: r.int(0)?,
+            user: r.text(1)?,
+            label: r.text(2)?,
+            created_at: r.int(3)?,
+            revoked_at: r.opt_int(4)?,
+        })
+    })
+    .collect()
 }

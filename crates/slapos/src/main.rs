@@ -29,8 +29,11 @@ enum Command {
         #[command(subcommand)]
         action: ProxyAction,
     },
-    /// Run a master for many nodes, on SQLite or PostgreSQL.
+    /// Run a master for many nodes, on SQLite or PostgreSQL; with a
+    /// subcommand, manage its users and API tokens.
     Master {
+        #[command(subcommand)]
+        action: Option<MasterAction>,
         #[arg(long)]
         cfg: Option<PathBuf>,
         #[arg(long)]
@@ -179,6 +182,71 @@ enum ProxyAction {
     },
 }
 
+/// Accounts of `slapos master`, written directly to its database.
+#[derive(Subcommand)]
+enum MasterAction {
+    /// Users of the master.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// API tokens (`Authorization: Bearer ...`) of the master's users.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+/// Where the master's database is: its configuration, or the URI itself.
+#[derive(clap::Args)]
+struct MasterDb {
+    #[arg(long)]
+    cfg: Option<PathBuf>,
+    /// A file path (SQLite) or postgresql://... URL.
+    #[arg(short = 'u', long)]
+    database_uri: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user and print their first API token (shown only once).
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        db: MasterDb,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create another API token for a user and print it (shown only once).
+    Add {
+        user: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        db: MasterDb,
+    },
+    /// Revoke a token by its id (see `token list`): refused from then on.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        db: MasterDb,
+    },
+    /// List tokens (ids, users, labels, dates; never the tokens themselves).
+    List {
+        /// Only this user's tokens.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: MasterDb,
+    },
+}
+
 #[derive(Subcommand)]
 enum InfoAction {
     List {
@@ -246,6 +314,13 @@ async fn run(command: Command) -> Result<i32> {
             .await?;
         }
         Command::Master {
+            action: Some(action),
+            ..
+        } => {
+            return cmd::accounts::run(action).await;
+        }
+        Command::Master {
+            action: None,
             cfg,
             host,
             port,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{computer_xml, form, request_form, EMPTY_DICT};
+use common::{computer_xml, form, request_form, PgDatabase, EMPTY_DICT};
 use serde_json::{json, Value};
 
 async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, String) {
@@ -299,57 +299,6 @@ async fn json_api_covers_what_the_protocol_does() {
     }
     let (status, _) = get(&http, &format!("{base}/api/v1/instances/999999")).await;
     assert_eq!(status, 404);
-}
-
-/// A database of its own on `SLAPOS_TEST_POSTGRES`, dropped with the guard
-/// (declare the masters using it after it, so they stop first).
-struct PgDatabase {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    /// None (and a note) when no PostgreSQL server is configured.
-    fn create(prefix: &str) -> Option<PgDatabase> {
-        let Ok(admin) = std::env::var("SLAPOS_TEST_POSTGRES") else {
-            eprintln!("SLAPOS_TEST_POSTGRES not set: skipped");
-            return None;
-        };
-        let name = format!("{prefix}_{}", std::process::id());
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        let database = PgDatabase { admin, name, url };
-        database.admin_sql(&[
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database.name),
-            format!("CREATE DATABASE {}", database.name),
-        ]);
-        Some(database)
-    }
-
-    /// The synchronous client runs its own runtime: use a plain thread.
-    fn admin_sql(&self, statements: &[String]) {
-        let (admin, statements) = (self.admin.clone(), statements.to_vec());
-        std::thread::spawn(move || {
-            let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-            for sql in statements {
-                c.batch_execute(&sql).unwrap();
-            }
-        })
-        .join()
-        .unwrap();
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        })
-        .join();
-    }
 }
 
 /// Two `slapos master` processes on one PostgreSQL database, 8 clients

@@ -262,7 +262,7 @@ pub async fn change_state(
     let config = state.engine.clone();
     state
         .store
-        .write(move |db| engine::set_requested_state(db, &config, id, new_state))
+        .write(move |db| engine::set_requested_state(db, &config, q::Scope::All, id, new_state))
         .await?;
     state.notify_change();
     let back = match new_state {
@@ -556,6 +556,8 @@ pub async fn submit_request(
         state: Some(requested_state),
         shared: fields.shared.is_some(),
         requester: Requester::User,
+        // The dashboard is served only when accounts are off.
+        owner: None,
     };
     match perform_request(&state, input).await {
         Ok(row) => Ok(Redirect::to(&format!("/instances/{}", row.id)).into_response()),
@@ -698,7 +700,7 @@ pub async fn supply(
     let computer = reference.clone();
     state
         .store
-        .write(move |db| engine::supply(db, &computer, &url, software_state))
+        .write(move |db| engine::supply(db, q::Scope::All, &computer, &url, software_state))
         .await?;
     state.notify_change();
     let back = form_urlencoded::byte_serialize(reference.as_bytes()).collect::<String>();

@@ -18,7 +18,9 @@ impl Session {
     pub fn open(cfg: Option<&Path>) -> Result<Session> {
         let path = config::locate(cfg, true)?;
         let config = SlaposConfig::load(&path)?;
-        let client = SlapClient::new(&config.master_url()?)?;
+        // `[slapos] api_token`: a `slapos master` token (accounts on).
+        let client = SlapClient::new(&config.master_url()?)?
+            .with_api_token(config.get("slapos", "api_token"));
         Ok(Session { config, client })
     }
 

@@ -1,3 +1,4 @@
+pub mod accounts;
 pub mod client;
 pub mod console;
 pub mod node;

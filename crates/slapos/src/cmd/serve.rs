@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use slapos_master::{EngineConfig, MasterConfig};
+use slapos_master::{Authentication, EngineConfig, MasterConfig};
 use slapos_store::{Store, StoreOptions};
 
 use crate::config::SlaposConfig;
@@ -68,10 +68,28 @@ pub async fn run(options: ServeOptions) -> Result<()> {
             .await?
             .with_context(|| format!("cannot open the database {database_uri}"))?
     };
+    // Accounts are a `slapos master` feature: the proxy stays single-user.
+    let authentication = if options.proxy {
+        Authentication::Off
+    } else {
+        match config
+            .as_ref()
+            .and_then(|c| c.get("slapmaster", "authentication"))
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") | Some("off") | Some("none") => Authentication::Off,
+            Some("token") => Authentication::Token,
+            Some(other) => anyhow::bail!(
+                "[slapmaster] authentication = {other:?}: expected \"token\" or \"off\""
+            ),
+        }
+    };
     let master_config = MasterConfig {
         engine: EngineConfig { default_computer },
         software_products,
         forwards,
+        authentication,
         ..MasterConfig::default()
     };
     let address = format!("{}:{port}", host.trim_matches(['[', ']']));
@@ -82,7 +100,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     })
     .await
     .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(address = %listener.local_addr()?, database = %database_uri, "master listening");
+    tracing::info!(address = %listener.local_addr()?, database = %database_uri, ?authentication, "master listening");
     slapos_master::serve(listener, store, master_config, shutdown_signal()).await?;
     tracing::info!("master stopped");
     Ok(())

@@ -34,15 +34,33 @@ pub fn binary() -> PathBuf {
 
 /// `database`: `None` for a SQLite file in the temp dir, or a PostgreSQL URL.
 pub fn start_proxy(computer_id: &str, database: Option<&str>) -> Server {
-    start(&["proxy", "start"], computer_id, database)
+    start(&["proxy", "start"], computer_id, database, "")
 }
 
 /// A multi-node master (`slapos master`) on the given database.
 pub fn start_master(database: &str) -> Server {
-    start(&["master"], "", Some(database))
+    start(&["master"], "", Some(database), "")
 }
 
-fn start(command: &[&str], computer_id: &str, database: Option<&str>) -> Server {
+/// A `slapos master` with accounts on (`[slapmaster] authentication =
+/// token`), on a SQLite file in its temp dir or the given database.
+pub fn start_master_with_accounts(database: Option<&str>) -> Server {
+    start(&["master"], "", database, "authentication = token\n")
+}
+
+impl Server {
+    /// The `slapos.cfg` the server was started with.
+    pub fn cfg(&self) -> PathBuf {
+        self.dir.path().join("slapos.cfg")
+    }
+}
+
+fn start(
+    command: &[&str],
+    computer_id: &str,
+    database: Option<&str>,
+    master_extra: &str,
+) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let db = database
@@ -54,7 +72,7 @@ fn start(command: &[&str], computer_id: &str, database: Option<&str>) -> Server 
         format!(
             "[slapos]\nmaster_url = http://127.0.0.1:{port}\ncomputer_id = {computer_id}\n\
              [slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n\
-             [slapmaster]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n"
+             [slapmaster]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n{master_extra}"
         ),
     )
     .unwrap();
@@ -78,6 +96,57 @@ fn start(command: &[&str], computer_id: &str, database: Option<&str>) -> Server 
         std::thread::sleep(Duration::from_millis(20));
     }
     Server { url, dir, child }
+}
+
+/// A database of its own on `SLAPOS_TEST_POSTGRES`, dropped with the guard
+/// (declare the masters using it after it, so they stop first).
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// None (and a note) when no PostgreSQL server is configured.
+    pub fn create(prefix: &str) -> Option<PgDatabase> {
+        let Ok(admin) = std::env::var("SLAPOS_TEST_POSTGRES") else {
+            eprintln!("SLAPOS_TEST_POSTGRES not set: skipped");
+            return None;
+        };
+        let name = format!("{prefix}_{}", std::process::id());
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        let database = PgDatabase { admin, name, url };
+        database.admin_sql(&[
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database.name),
+            format!("CREATE DATABASE {}", database.name),
+        ]);
+        Some(database)
+    }
+
+    /// The synchronous client runs its own runtime: use a plain thread.
+    pub fn admin_sql(&self, statements: &[String]) {
+        let (admin, statements) = (self.admin.clone(), statements.to_vec());
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+            for sql in statements {
+                c.batch_execute(&sql).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
 }
 
 pub fn fixtures_dir() -> PathBuf {
