@@ -13,7 +13,10 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCREENSHOTS = os.environ.get("SLAPOS_SCREENSHOTS", os.path.join(REPO, "docs", "screenshots"))
+# Screenshots of the main pages; the ones committed in docs/screenshots are
+# refreshed with SLAPOS_SCREENSHOTS=docs/screenshots bash tests/browser/run.sh
+SCREENSHOTS = os.path.abspath(
+    os.environ.get("SLAPOS_SCREENSHOTS", os.path.join(REPO, "target", "screenshots")))
 
 
 def free_port():
