@@ -300,3 +300,75 @@ async fn forms_need_their_csrf_token_and_the_same_origin() {
         .await;
     assert!(status == 409 || status == 404, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supply_and_remove_from_the_computer_page() {
+    let (_server, d, _) = setup("COMP-SUP").await;
+    let url = "https://example.org/other/software.cfg";
+    let software = |d: &Dashboard| {
+        let http = d.http.clone();
+        let base = d.base.clone();
+        async move {
+            let r = http
+                .get(format!("{base}/api/v1/computers/COMP-SUP/software"))
+                .send()
+                .await
+                .unwrap();
+            let list: Vec<Value> = r.json().await.unwrap();
+            list.into_iter()
+                .find(|s| s["url"] == url)
+                .map(|s| s["requested_state"].as_str().unwrap().to_string())
+        }
+    };
+    let (cookie, token) = d.token("/computers/COMP-SUP").await;
+    let path = "/computers/COMP-SUP/software";
+
+    // Without the token nothing is supplied.
+    let (status, _, _) = d
+        .post(path, Some(&cookie), None, form(&[("url", url)]))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(software(&d).await, None);
+
+    let (status, location, body) = d
+        .post(
+            path,
+            Some(&cookie),
+            None,
+            form(&[("csrf", &token), ("url", url)]),
+        )
+        .await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(location, "/computers/COMP-SUP");
+    assert_eq!(software(&d).await.as_deref(), Some("available"));
+    let (_, _, page) = d.get("/computers/COMP-SUP").await;
+    // (minijinja's HTML escaping also escapes `/`.)
+    assert!(
+        page.contains(&url.replace('/', "&#x2f;")),
+        "the page lists the supplied release"
+    );
+
+    let (status, _, _) = d
+        .post(
+            path,
+            Some(&cookie),
+            None,
+            form(&[("csrf", &token), ("url", url), ("state", "destroyed")]),
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(software(&d).await.as_deref(), Some("destroyed"));
+
+    // A hostile URL is refused with an error page, and nothing is supplied.
+    let hostile = "file:///srv/../../etc/passwd";
+    let (status, _, body) = d
+        .post(
+            path,
+            Some(&cookie),
+            None,
+            form(&[("csrf", &token), ("url", hostile)]),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("software release URL"), "{body}");
+}
