@@ -106,9 +106,15 @@ enum Command {
         /// First port of the partitions' port ranges (10 ports each).
         #[arg(long, default_value_t = 20000)]
         port_base: u16,
-        /// Catalog releases to supply, comma-separated (default: all).
+        /// Catalog releases to supply, comma-separated (default: all; `none`: none).
         #[arg(long, value_delimiter = ',')]
         supply: Vec<String>,
+        /// The computer's reference.
+        #[arg(long, default_value = "local")]
+        computer_id: String,
+        /// Prefix of the partitions' Unix users (default: the node's, slapuser).
+        #[arg(long)]
+        user_base: Option<String>,
     },
     /// An interactive console (Rhai) to request and inspect instances, or run a script.
     Console {
@@ -416,6 +422,8 @@ async fn run(command: Command) -> Result<i32> {
             port,
             port_base,
             supply,
+            computer_id,
+            user_base,
         } => {
             cmd::up::up(cmd::up::UpOptions {
                 data_dir,
@@ -423,6 +431,8 @@ async fn run(command: Command) -> Result<i32> {
                 port,
                 port_base,
                 supply,
+                computer_id,
+                user_base,
             })
             .await?;
         }

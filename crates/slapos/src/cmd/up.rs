@@ -23,8 +23,12 @@ pub struct UpOptions {
     pub port: u16,
     /// First port of the partitions' ranges.
     pub port_base: u16,
-    /// Catalog releases to supply; empty: all of them.
+    /// Catalog releases to supply; empty: all of them; `none`: none.
     pub supply: Vec<String>,
+    /// The computer's reference (`local` by default).
+    pub computer_id: String,
+    /// Prefix of the partitions' Unix users (`[slapformat] user_base_name`).
+    pub user_base: Option<String>,
 }
 
 /// `$XDG_DATA_HOME/slapos`, else `~/.local/share/slapos`.
@@ -38,23 +42,24 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/slapos")
 }
 
-fn write_config(
-    data: &Path,
-    port: u16,
-    port_base: u16,
-    partitions: usize,
-    catalog: &[(String, String)],
-) -> Result<PathBuf> {
+fn write_config(data: &Path, options: &UpOptions, catalog: &[(String, String)]) -> Result<PathBuf> {
+    let (port, port_base, partitions) = (options.port, options.port_base, options.partitions);
+    let computer_id = &options.computer_id;
+    let users = options
+        .user_base
+        .as_ref()
+        .map(|base| format!("user_base_name = {base}\n"))
+        .unwrap_or_default();
     let aliases: String = catalog
         .iter()
         .map(|(n, u)| format!("  {n} {u}\n"))
         .collect();
     let text = format!(
         "# Written by `slapos up`; used by `slapos ... --cfg {cfg}` (ours and the Python CLI).\n\
-         [slapos]\nmaster_url = http://127.0.0.1:{port}\ncomputer_id = local\n\
+         [slapos]\nmaster_url = http://127.0.0.1:{port}\ncomputer_id = {computer_id}\n\
          instance_root = {inst}\nsoftware_root = {soft}\n\n\
          [slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\nsoftware_product_list =\n{aliases}\n\
-         [slapformat]\npartition_amount = {partitions}\nalter_network = false\n\n\
+         [slapformat]\npartition_amount = {partitions}\nalter_network = false\n{users}\n\
          [slapos-node]\nport_base = {port_base}\n\n\
          [slapconsole]\nalias =\n{aliases}",
         cfg = data.join("slapos.cfg").display(),
@@ -68,17 +73,11 @@ fn write_config(
 }
 
 pub async fn up(options: UpOptions) -> Result<()> {
-    let data = std::path::absolute(options.data_dir.unwrap_or_else(default_data_dir))?;
+    let data = std::path::absolute(options.data_dir.clone().unwrap_or_else(default_data_dir))?;
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let catalog =
         slapos_catalog::materialize(&data.join("catalog")).context("cannot write the catalog")?;
-    let cfg_path = write_config(
-        &data,
-        options.port,
-        options.port_base,
-        options.partitions,
-        &catalog,
-    )?;
+    let cfg_path = write_config(&data, &options, &catalog)?;
     let cfg = SlaposConfig::load(&cfg_path)?;
     let mut node_config = crate::cmd::node::node_config(&cfg)?;
     node_config.poll_interval = 1;
@@ -116,7 +115,8 @@ pub async fn up(options: UpOptions) -> Result<()> {
     // The node, formatted and registered, with the catalog supplied.
     let client = SlapClient::new(&node_config.master_url)?;
     let formatted = slapos_node::format::format(&node_config, &client).await?;
-    for name in &options.supply {
+    let supply_none = options.supply == ["none"];
+    for name in options.supply.iter().filter(|_| !supply_none) {
         if !catalog.iter().any(|(n, _)| n == name) {
             anyhow::bail!(
                 "--supply: no release {name:?} in the catalog (see `slapos catalog list`)"
@@ -125,7 +125,7 @@ pub async fn up(options: UpOptions) -> Result<()> {
     }
     let mut supplied = std::collections::BTreeSet::new();
     for (name, url) in &catalog {
-        let wanted = options.supply.is_empty() || options.supply.contains(name);
+        let wanted = !supply_none && (options.supply.is_empty() || options.supply.contains(name));
         if wanted && supplied.insert(url.clone()) {
             client
                 .supply(url, &node_config.computer_id, "available")

@@ -1,4 +1,4 @@
-//! A proxy, a formatted computer and a `slapos node run` in a temporary
+//! A `slapos up` (master, formatted computer, node) in a temporary
 //! directory, driven through the CLI: what the catalog's end-to-end tests share.
 
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +12,7 @@ use super::e2e::*;
 
 const CONVERGE: Duration = Duration::from_secs(40);
 
-/// A proxy, a formatted computer and a running node in a temp dir.
+/// A running `slapos up` in a temp dir.
 pub struct Cluster {
     pub node: Option<Daemon>,
     pub master: Option<Daemon>,
@@ -30,24 +30,9 @@ impl Cluster {
             .expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let cfg = dir.path().join("slapos.cfg");
-        NodeCfg {
-            host: "127.0.0.1",
-            port: super::free_port(),
-            database: &dir.path().join("proxy.db"),
-            computer_id: computer,
-            instance_root: &dir.path().join("instance"),
-            software_root: &dir.path().join("software"),
-            partitions,
-            port_base: free_port_range(10 * partitions as u16),
-        }
-        .write(&cfg);
-        // Services run as the partitions' own users when the node is root.
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "alter_user = false",
-            &format!("alter_user = true\nuser_base_name = {user_base}"),
-        );
-        std::fs::write(&cfg, text).unwrap();
-        let mut c = Cluster {
+        let port = super::free_port();
+        let port_base = free_port_range(10 * partitions as u16);
+        let c = Cluster {
             node: None,
             master: None,
             cfg,
@@ -55,40 +40,50 @@ impl Cluster {
             partitions,
             dir,
         };
-        let cfg_s = c.cfg.to_string_lossy().into_owned();
-        let master = Daemon::spawn(
-            "proxy",
+        // Everything as a user runs it: `slapos up` (master, formatted
+        // computer, node), with nothing of the catalog supplied up front.
+        let data = c.dir.path().to_string_lossy().into_owned();
+        let (port_s, base_s, parts_s) = (
+            port.to_string(),
+            port_base.to_string(),
+            partitions.to_string(),
+        );
+        let up = Daemon::spawn(
+            "up",
             &super::binary(),
-            &["proxy", "start", "--cfg", &cfg_s],
+            &[
+                "up",
+                "--data-dir",
+                &data,
+                "--port",
+                &port_s,
+                "--port-base",
+                &base_s,
+                "--partitions",
+                &parts_s,
+                "--computer-id",
+                computer,
+                "--user-base",
+                user_base,
+                "--supply",
+                "none",
+            ],
             c.dir.path(),
             c.dir.path(),
         );
-        let text = std::fs::read_to_string(&c.cfg).unwrap();
-        let addr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("master_url = http://"))
-            .unwrap()
-            .to_string();
+        let addr = format!("127.0.0.1:{port}");
         wait_for(
-            "the proxy to listen",
+            "slapos up to listen",
             Duration::from_secs(20),
-            || port_open(&addr).then_some(()),
-            || master.tail(30),
+            || (port_open(&addr) && c.cfg.exists()).then_some(()),
+            || up.tail(30),
         );
-        c.master = Some(master);
-        let out = c.cli(&["node", "format"]);
-        assert!(out.status.success(), "node format: {}", text_of(&out));
+        let mut c = c;
+        c.master = Some(up);
         for url in releases {
             let out = c.cli(&["supply", url, computer]);
             assert!(out.status.success(), "supply: {}", text_of(&out));
         }
-        c.node = Some(Daemon::spawn(
-            "node",
-            &super::binary(),
-            &["node", "run", "--cfg", &cfg_s],
-            c.dir.path(),
-            c.dir.path(),
-        ));
         c
     }
 
