@@ -607,6 +607,17 @@ impl Console {
         result.map_err(|e| Failure::of(*e))
     }
 
+    /// Adds `line` to the entry being typed; the whole entry once it is
+    /// complete and not blank (the buffer is then empty again).
+    fn complete_entry(&self, buffer: &mut String, line: &str) -> Option<String> {
+        join_continuation(buffer, line);
+        if self.needs_more(buffer) {
+            return None;
+        }
+        let input = std::mem::take(buffer);
+        (!input.trim().is_empty()).then_some(input)
+    }
+
     /// True when `input` cannot be complete yet: unclosed brackets, a
     /// trailing `\\`, or a parser that hit the end too early (`let x = 1 +`).
     fn needs_more(&self, input: &str) -> bool {
@@ -695,14 +706,9 @@ fn interactive(console: &mut Console) -> Result<i32> {
         let prompt = if buffer.is_empty() { ">>> " } else { "... " };
         match editor.readline(prompt) {
             Ok(line) => {
-                join_continuation(&mut buffer, &line);
-                if console.needs_more(&buffer) {
+                let Some(input) = console.complete_entry(&mut buffer, &line) else {
                     continue;
-                }
-                let input = std::mem::take(&mut buffer);
-                if input.trim().is_empty() {
-                    continue;
-                }
+                };
                 let _ = editor.add_history_entry(input.as_str());
                 // Saved at once: a console killed later keeps its history.
                 if let Some(h) = &history {
@@ -743,14 +749,9 @@ fn piped(console: &mut Console) -> Result<i32> {
         if buffer.is_empty() {
             start = line_no;
         }
-        join_continuation(&mut buffer, &line);
-        if console.needs_more(&buffer) {
+        let Some(input) = console.complete_entry(&mut buffer, &line) else {
             continue;
-        }
-        let input = std::mem::take(&mut buffer);
-        if input.trim().is_empty() {
-            continue;
-        }
+        };
         match console.eval(&input) {
             Ok(value) => console.show(&value),
             Err(failure) => {
