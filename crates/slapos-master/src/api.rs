@@ -17,7 +17,7 @@ use slapos_proto::marshal::Value;
 use slapos_store::queries::{self as q, Address, InstanceRow, Scope};
 use slapos_store::Db;
 
-use crate::auth::Caller;
+use crate::auth::{ApiIdentity, Caller};
 use crate::engine::{self, RequestInput, Requester};
 use crate::error::MasterError;
 use crate::server::AppState;
@@ -292,9 +292,14 @@ struct WatchQuery {
 /// NOTIFY), wake watchers at once.
 async fn watch_computer(
     State(state): State<AppState>,
+    ApiIdentity(who): ApiIdentity,
     Path(reference): Path<String>,
     Query(query): Query<WatchQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    // The node of this computer, or any user (the answer is a version).
+    if let crate::auth::Identity::Computer(_) = who {
+        who.require_computer(&reference)?;
+    }
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(query.timeout.unwrap_or(25).min(60));
     let mut changes = state.changes.subscribe();

@@ -1,12 +1,20 @@
-//! Accounts on `slapos master`: API tokens and the caller's [`Scope`].
+//! Accounts on `slapos master`: API tokens, client certificates, and the
+//! caller's [`Identity`] and [`Scope`].
 //!
-//! With `[slapmaster] authentication = token`, every JSON API call names its
-//! user with `Authorization: Bearer <token>`; the token is looked up by its
-//! SHA-256 (only hashes are stored) and the call runs in that user's scope.
-//! Without it (the default, and always for `slapos proxy`), calls run in
-//! [`Scope::All`] as before.
+//! With `[slapmaster] authentication = token`, every call names who makes
+//! it, with one of two credentials:
+//!
+//! * a client certificate issued by the master's authority (HTTPS only):
+//!   a computer's, which acts only on that computer, or a user's;
+//! * `Authorization: Bearer <token>`, which names a user.
+//!
+//! Both are looked up in the store on every request (tokens by their
+//! SHA-256, certificates by the SHA-256 of their DER), so a revocation takes
+//! effect at once. A user's calls run in that user's scope. Without
+//! authentication (the default, and always for `slapos proxy`), calls run
+//! in [`Scope::All`] as before.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +27,7 @@ use slapos_store::Db;
 
 use crate::error::MasterError;
 use crate::server::AppState;
+use crate::tls::Peer;
 
 /// How callers of the JSON API are identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,54 +101,216 @@ pub fn revoke_token(db: &mut dyn Db, id: i64) -> Result<(), MasterError> {
     }
 }
 
-/// The scope a JSON API call runs in: extracting it answers 401 when
-/// authentication is on and the call carries no live token.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Scope);
+/// Who a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Authentication is off: anything goes (the proxy, an open master).
+    Open,
+    /// A node, by its computer certificate: it acts on this computer only.
+    Computer(String),
+    /// A user, by a user certificate or an API token.
+    User(i64),
+}
 
-/// A 401 with a JSON body saying why.
-pub struct Unauthorized(&'static str);
+/// Why a request's credential was refused: 401 without a usable one, 403
+/// for a certificate the master does not accept (unknown, revoked).
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    pub status: StatusCode,
+    pub message: String,
+}
 
-impl IntoResponse for Unauthorized {
-    fn into_response(self) -> Response {
+impl AuthFailure {
+    fn unauthorized(message: &str) -> AuthFailure {
+        AuthFailure {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(message: String) -> AuthFailure {
+        AuthFailure {
+            status: StatusCode::FORBIDDEN,
+            message,
+        }
+    }
+
+    /// As the JSON API answers: `{"status": .., "error": ..}`.
+    pub fn json(self) -> Response {
+        let body = Json(json!({"status": self.status.as_u16(), "error": self.message}));
+        if self.status == StatusCode::UNAUTHORIZED {
+            (
+                self.status,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"slapos\"")],
+                body,
+            )
+                .into_response()
+        } else {
+            (self.status, body).into_response()
+        }
+    }
+
+    /// As the legacy protocol answers: plain text.
+    pub fn text(self) -> Response {
         (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"slapos\"")],
-            Json(json!({"status": 401, "error": self.0})),
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.message,
         )
             .into_response()
     }
 }
 
+const NO_CREDENTIAL: &str = "authentication required: present a client certificate issued by \
+     this master ('slapos master user|computer certificate issue') over HTTPS, or send \
+     'Authorization: Bearer <token>' (a token is created with 'slapos master user add' \
+     or 'slapos master token add')";
+
+/// The identity of a request: its client certificate when it presented one
+/// (over HTTPS), otherwise its bearer token.
+pub async fn identify(parts: &Parts, state: &AppState) -> Result<Identity, AuthFailure> {
+    if state.authentication == Authentication::Off {
+        return Ok(Identity::Open);
+    }
+    let certificate = parts
+        .extensions
+        .get::<ConnectInfo<Peer>>()
+        .and_then(|c| c.0.certificate.clone());
+    if let Some(fingerprint) = certificate {
+        let shown = fingerprint.clone();
+        let row = state
+            .store
+            .read(move |db| Ok::<_, MasterError>(q::certificate_by_fingerprint(db, &fingerprint)?))
+            .await
+            .map_err(|e| AuthFailure {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("cannot check the certificate: {e}"),
+            })?;
+        return match row {
+            None => Err(AuthFailure::forbidden(format!(
+                "certificate {shown} is unknown to this master"
+            ))),
+            Some(c) if c.revoked_at.is_some() => Err(AuthFailure::forbidden(format!(
+                "certificate {shown} is revoked"
+            ))),
+            Some(c) if c.not_after < slapos_core::now_micros() => Err(AuthFailure::forbidden(
+                format!("certificate {shown} has expired"),
+            )),
+            Some(c) => Ok(match c.owner {
+                q::CertificateOwner::Computer { computer } => Identity::Computer(computer),
+                q::CertificateOwner::User { user_id, .. } => Identity::User(user_id),
+            }),
+        };
+    }
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AuthFailure::unauthorized(NO_CREDENTIAL))?;
+    let user = state
+        .store
+        .read(move |db| user_of_token(db, &token))
+        .await
+        .map_err(|e| AuthFailure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("cannot check the token: {e}"),
+        })?;
+    match user {
+        Some(id) => Ok(Identity::User(id)),
+        None => Err(AuthFailure::unauthorized("invalid or revoked token")),
+    }
+}
+
+impl Identity {
+    /// A node's operation on `computer`: only that computer's certificate.
+    pub fn require_computer(&self, computer: &str) -> Result<(), MasterError> {
+        match self {
+            Identity::Open => Ok(()),
+            Identity::Computer(c) if c == computer => Ok(()),
+            Identity::Computer(c) => Err(MasterError::Forbidden(format!(
+                "this certificate is computer {c:?}'s: it cannot act on computer {computer:?}"
+            ))),
+            Identity::User(_) => Err(MasterError::Forbidden(format!(
+                "only the node of computer {computer:?} (with its computer certificate) may do this"
+            ))),
+        }
+    }
+
+    /// The scope of a user's operation; a computer certificate cannot act
+    /// as a user.
+    pub fn user_scope(&self) -> Result<Scope, MasterError> {
+        match self {
+            Identity::Open => Ok(Scope::All),
+            Identity::User(id) => Ok(Scope::User(*id)),
+            Identity::Computer(c) => Err(MasterError::Forbidden(format!(
+                "a computer certificate (computer {c:?}) cannot act as a user"
+            ))),
+        }
+    }
+
+    /// An operation on a partition: by the node of its computer, or by the
+    /// user who owns the instance on it (anyone else's, a free partition and
+    /// a missing one all answer the same 404).
+    pub fn check_partition(
+        &self,
+        db: &mut dyn Db,
+        computer: &str,
+        partition: &str,
+    ) -> Result<(), MasterError> {
+        match self {
+            Identity::Open | Identity::Computer(_) => self.require_computer(computer),
+            Identity::User(user) => {
+                let hidden = || {
+                    MasterError::NotFound(format!(
+                        "No instance on partition {partition:?} of computer {computer:?}"
+                    ))
+                };
+                let c = crate::engine::computer(db, computer).map_err(|_| hidden())?;
+                let p = crate::engine::partition(db, &c, partition).map_err(|_| hidden())?;
+                match q::instance_on_partition(db, p.id)? {
+                    Some(i) if i.user_id == Some(*user) => Ok(()),
+                    _ => Err(hidden()),
+                }
+            }
+        }
+    }
+}
+
+/// The scope a JSON API call runs in: extracting it answers 401 when
+/// authentication is on and the call carries no usable credential, 403 for
+/// a refused certificate or a computer's (nodes use only their endpoints).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Scope);
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Response> {
-        if state.authentication == Authentication::Off {
-            return Ok(Caller(Scope::All));
-        }
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Unauthorized(
-                    "authentication required: send 'Authorization: Bearer <token>' \
-                     (a token is created with 'slapos master user add' or 'slapos master token add')",
-                )
-                .into_response()
-            })?;
-        let user = state
-            .store
-            .read(move |db| user_of_token(db, &token))
+        let identity = identify(parts, state).await.map_err(AuthFailure::json)?;
+        identity
+            .user_scope()
+            .map(Caller)
+            .map_err(|e| AuthFailure::forbidden(e.to_string()).json())
+    }
+}
+
+/// The caller of a JSON API endpoint that nodes use too (`watch`).
+#[derive(Debug, Clone)]
+pub struct ApiIdentity(pub Identity);
+
+impl FromRequestParts<AppState> for ApiIdentity {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<ApiIdentity, Response> {
+        identify(parts, state)
             .await
-            .map_err(|e| crate::api::ApiError::from(e).into_response())?;
-        match user {
-            Some(id) => Ok(Caller(Scope::User(id))),
-            None => Err(Unauthorized("invalid or revoked token").into_response()),
-        }
+            .map(ApiIdentity)
+            .map_err(AuthFailure::json)
     }
 }

@@ -14,6 +14,10 @@ pub enum MasterError {
     /// The operation contradicts the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's credential does not allow this (a computer certificate
+    /// naming another computer, a user on a node's route...).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
 }
@@ -24,6 +28,7 @@ impl MasterError {
             MasterError::NotFound(_) => 404,
             MasterError::BadRequest(_) => 400,
             MasterError::Conflict(_) => 409,
+            MasterError::Forbidden(_) => 403,
             MasterError::Store(StoreError::Closed) => 503,
             MasterError::Store(_) => 500,
         }

@@ -12,6 +12,7 @@ use axum::Router;
 use slapos_core::{InstanceState, Sla, SoftwareState, DEFAULT_SOFTWARE_TYPE};
 use slapos_proto::marshal::{self, Object, SlapClass, Value};
 
+use crate::auth::Identity;
 use crate::engine::{
     self, ComputerConfig, DestroyOutcome, PartitionConfig, PartitionReport, RequestInput,
     Requester, SoftwareReport,
@@ -104,6 +105,38 @@ impl IntoResponse for LegacyError {
 }
 
 type LegacyResult = Result<Response, LegacyError>;
+
+/// The caller of a legacy route (see [`crate::auth`]): with authentication
+/// on, every route needs a credential, refused as plain text.
+pub struct Who(pub Identity);
+
+impl axum::extract::FromRequestParts<AppState> for Who {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Who, Response> {
+        crate::auth::identify(parts, state)
+            .await
+            .map(Who)
+            .map_err(crate::auth::AuthFailure::text)
+    }
+}
+
+/// Checks, in a read, that the caller may act on this partition.
+async fn check_partition(
+    state: &AppState,
+    who: &Identity,
+    computer: &str,
+    partition: &str,
+) -> Result<(), MasterError> {
+    if *who == Identity::Open {
+        return Ok(());
+    }
+    let (who, c, p) = (who.clone(), computer.to_string(), partition.to_string());
+    read(state, move |db| who.check_partition(db, &c, &p)).await
+}
 
 fn xml(value: &Value) -> LegacyResult {
     let body = marshal::dumps(value)
@@ -363,10 +396,12 @@ fn release_freed_memory(answer_len: usize) {
 
 async fn full_computer_information(
     State(state): State<AppState>,
+    Who(who): Who,
     query: axum::extract::RawQuery,
 ) -> LegacyResult {
     let fields = query_fields(query.0.as_deref());
     let computer_id = fields.required("computer_id")?.to_string();
+    who.require_computer(&computer_id)?;
     state.note_contact(&computer_id);
     let default = state.engine.default_computer.clone();
     let body = read(&state, move |db| {
@@ -397,11 +432,13 @@ async fn full_computer_information(
 
 async fn register_computer_partition(
     State(state): State<AppState>,
+    Who(who): Who,
     query: axum::extract::RawQuery,
 ) -> LegacyResult {
     let fields = query_fields(query.0.as_deref());
     let computer = fields.required("computer_reference")?.to_string();
     let partition = fields.required("computer_partition_reference")?.to_string();
+    check_partition(&state, &who, &computer, &partition).await?;
     let view = read(&state, move |db| {
         views::partition_view(db, &computer, &partition)
     })
@@ -411,11 +448,13 @@ async fn register_computer_partition(
 
 async fn partition_certificate(
     State(state): State<AppState>,
+    Who(who): Who,
     query: axum::extract::RawQuery,
 ) -> LegacyResult {
     let fields = query_fields(query.0.as_deref());
     let computer = fields.required("computer_id")?.to_string();
     let partition = fields.required("computer_partition_id")?.to_string();
+    who.require_computer(&computer)?;
     read(&state, move |db| {
         views::partition_view(db, &computer, &partition).map(|_| ())
     })
@@ -430,11 +469,13 @@ async fn partition_certificate(
 
 async fn hosting_subscription_ip_list(
     State(state): State<AppState>,
+    Who(who): Who,
     query: axum::extract::RawQuery,
 ) -> LegacyResult {
     let fields = query_fields(query.0.as_deref());
     let computer = fields.required("computer_id")?.to_string();
     let partition = fields.required("computer_partition_id")?.to_string();
+    check_partition(&state, &who, &computer, &partition).await?;
     let addresses = read(&state, move |db| {
         crate::api::tree_addresses(db, &computer, &partition)
     })
@@ -449,11 +490,13 @@ async fn hosting_subscription_ip_list(
 
 async fn partition_status(
     State(state): State<AppState>,
+    Who(who): Who,
     query: axum::extract::RawQuery,
 ) -> LegacyResult {
     let fields = query_fields(query.0.as_deref());
     let computer = fields.required("computer_id")?.to_string();
     let partition = fields.required("computer_partition_id")?.to_string();
+    check_partition(&state, &who, &computer, &partition).await?;
     let view = read(&state, move |db| {
         views::partition_view(db, &computer, &partition)
     })
@@ -468,6 +511,7 @@ async fn partition_status(
 
 async fn software_product(
     State(state): State<AppState>,
+    _who: Who,
     query: axum::extract::RawQuery,
 ) -> LegacyResult {
     let fields = query_fields(query.0.as_deref());
@@ -497,7 +541,7 @@ async fn software_product(
     xml(&Value::List(urls))
 }
 
-async fn run_id(State(state): State<AppState>) -> LegacyResult {
+async fn run_id(State(state): State<AppState>, _who: Who) -> LegacyResult {
     text(state.run_id.as_str())
 }
 
@@ -550,10 +594,15 @@ fn computer_config(v: &Value) -> Result<ComputerConfig, MasterError> {
     Ok(config)
 }
 
-async fn load_computer_configuration(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn load_computer_configuration(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
     let fields = Fields::parse(&body);
     let payload = decode("xml", fields.required("xml")?)?;
     let config = computer_config(&payload)?;
+    who.require_computer(&config.reference)?;
     write(&state, move |db| {
         engine::load_computer_configuration(db, &config)
     })
@@ -561,7 +610,8 @@ async fn load_computer_configuration(State(state): State<AppState>, body: Bytes)
     text("done")
 }
 
-async fn supply(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn supply(State(state): State<AppState>, Who(who): Who, body: Bytes) -> LegacyResult {
+    let scope = who.user_scope()?;
     let fields = Fields::parse(&body);
     let url = fields.required("url")?.to_string();
     let computer = fields.required("computer_id")?.to_string();
@@ -571,13 +621,7 @@ async fn supply(State(state): State<AppState>, body: Bytes) -> LegacyResult {
         .map_err(MasterError::from)?;
     let (u, c) = (url.clone(), computer.clone());
     write(&state, move |db| {
-        engine::supply(
-            db,
-            slapos_store::queries::Scope::All,
-            &c,
-            &u,
-            software_state,
-        )
+        engine::supply(db, scope, &c, &u, software_state)
     })
     .await?;
     text(format!(
@@ -595,10 +639,16 @@ fn python_repr(s: &str) -> String {
     }
 }
 
-async fn software_report(state: AppState, body: Bytes, report: SoftwareReport) -> LegacyResult {
+async fn software_report(
+    state: AppState,
+    who: Identity,
+    body: Bytes,
+    report: SoftwareReport,
+) -> LegacyResult {
     let fields = Fields::parse(&body);
     let url = fields.required("url")?.to_string();
     let computer = fields.required("computer_id")?.to_string();
+    who.require_computer(&computer)?;
     let error_log = fields.optional("error_log").map(str::to_string);
     write(&state, move |db| {
         engine::report_software(db, &computer, &url, report, error_log.as_deref())
@@ -607,17 +657,29 @@ async fn software_report(state: AppState, body: Bytes, report: SoftwareReport) -
     text("OK")
 }
 
-async fn software_building(State(state): State<AppState>, body: Bytes) -> LegacyResult {
-    software_report(state, body, SoftwareReport::Building).await
+async fn software_building(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
+    software_report(state, who, body, SoftwareReport::Building).await
 }
-async fn software_available(State(state): State<AppState>, body: Bytes) -> LegacyResult {
-    software_report(state, body, SoftwareReport::Available).await
+async fn software_available(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
+    software_report(state, who, body, SoftwareReport::Available).await
 }
-async fn software_destroyed(State(state): State<AppState>, body: Bytes) -> LegacyResult {
-    software_report(state, body, SoftwareReport::Destroyed).await
+async fn software_destroyed(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
+    software_report(state, who, body, SoftwareReport::Destroyed).await
 }
-async fn software_error(State(state): State<AppState>, body: Bytes) -> LegacyResult {
-    software_report(state, body, SoftwareReport::Error).await
+async fn software_error(State(state): State<AppState>, Who(who): Who, body: Bytes) -> LegacyResult {
+    software_report(state, who, body, SoftwareReport::Error).await
 }
 
 /// `Authorization: X-SlapPartition computer_id=C, computer_partition_id=P`.
@@ -639,6 +701,7 @@ fn partition_from_header(headers: &HeaderMap) -> Option<(String, String)> {
 
 async fn request_computer_partition(
     State(state): State<AppState>,
+    Who(who): Who,
     headers: HeaderMap,
     body: Bytes,
 ) -> LegacyResult {
@@ -704,6 +767,33 @@ async fn request_computer_partition(
             _ => Requester::User,
         },
     };
+    // A node requests for one of its partitions (the instance's tree owns
+    // the result); a user for themselves, or for a partition of theirs.
+    let owner = match (&who, &requester) {
+        (Identity::Open, _) => None,
+        (Identity::Computer(_), Requester::Partition { computer, .. }) => {
+            who.require_computer(computer)?;
+            None
+        }
+        (Identity::Computer(c), Requester::User) => {
+            return Err(MasterError::Forbidden(format!(
+                "a computer certificate (computer {c:?}) requests only for its partitions: \
+                 name the requesting partition"
+            ))
+            .into())
+        }
+        (
+            Identity::User(id),
+            Requester::Partition {
+                computer,
+                partition,
+            },
+        ) => {
+            check_partition(&state, &who, computer, partition).await?;
+            Some(*id)
+        }
+        (Identity::User(id), Requester::User) => Some(*id),
+    };
     let forward = state.forwards.iter().find(|f| {
         f.software_releases.contains(&software_release)
             || sla
@@ -729,9 +819,9 @@ async fn request_computer_partition(
         state: requested_state,
         shared,
         requester,
-        // The legacy protocol is not authenticated yet (TLS client
-        // certificates come later): its requests belong to no user.
-        owner: None,
+        // A user's request is theirs; a partition's belongs to its tree's
+        // owner (the engine ignores `owner` then).
+        owner,
     };
     let config = state.engine.clone();
     let outcome = write(&state, move |db| engine::request(db, &config, &input)).await?;
@@ -823,8 +913,14 @@ fn partition_fields(fields: &Fields) -> Result<(String, String), MasterError> {
     ))
 }
 
-async fn partition_report(state: AppState, body: Bytes, report: PartitionReport) -> LegacyResult {
+async fn partition_report(
+    state: AppState,
+    who: Identity,
+    body: Bytes,
+    report: PartitionReport,
+) -> LegacyResult {
     let (computer, partition) = partition_fields(&Fields::parse(&body))?;
+    who.require_computer(&computer)?;
     write(&state, move |db| {
         engine::report_partition(db, &computer, &partition, report)
     })
@@ -832,15 +928,28 @@ async fn partition_report(state: AppState, body: Bytes, report: PartitionReport)
     text("OK")
 }
 
-async fn partition_started(State(state): State<AppState>, body: Bytes) -> LegacyResult {
-    partition_report(state, body, PartitionReport::Started).await
+async fn partition_started(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
+    partition_report(state, who, body, PartitionReport::Started).await
 }
-async fn partition_stopped(State(state): State<AppState>, body: Bytes) -> LegacyResult {
-    partition_report(state, body, PartitionReport::Stopped).await
+async fn partition_stopped(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
+    partition_report(state, who, body, PartitionReport::Stopped).await
 }
 
-async fn partition_destroyed(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn partition_destroyed(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
     let (computer, partition) = partition_fields(&Fields::parse(&body))?;
+    who.require_computer(&computer)?;
     let outcome = write(&state, move |db| {
         engine::destroyed_partition(db, &computer, &partition)
     })
@@ -854,9 +963,10 @@ async fn partition_destroyed(State(state): State<AppState>, body: Bytes) -> Lega
     }
 }
 
-async fn instance_error(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn instance_error(State(state): State<AppState>, Who(who): Who, body: Bytes) -> LegacyResult {
     let fields = Fields::parse(&body);
     let (computer, partition) = partition_fields(&fields)?;
+    who.require_computer(&computer)?;
     let error_log = fields.optional("error_log").unwrap_or("").to_string();
     let slave = fields.optional("slave_reference").map(str::to_string);
     write(&state, move |db| {
@@ -866,9 +976,10 @@ async fn instance_error(State(state): State<AppState>, body: Bytes) -> LegacyRes
     text("OK")
 }
 
-async fn instance_bang(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn instance_bang(State(state): State<AppState>, Who(who): Who, body: Bytes) -> LegacyResult {
     let fields = Fields::parse(&body);
     let (computer, partition) = partition_fields(&fields)?;
+    check_partition(&state, &who, &computer, &partition).await?;
     let message = fields.optional("message").unwrap_or("").to_string();
     write(&state, move |db| {
         engine::bang(db, &computer, &partition, &message)
@@ -877,9 +988,14 @@ async fn instance_bang(State(state): State<AppState>, body: Bytes) -> LegacyResu
     text("OK")
 }
 
-async fn instance_rename(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn instance_rename(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
     let fields = Fields::parse(&body);
     let (computer, partition) = partition_fields(&fields)?;
+    check_partition(&state, &who, &computer, &partition).await?;
     let new_name = fields.required("new_name")?.to_string();
     let slave = fields.optional("slave_reference").map(str::to_string);
     write(&state, move |db| {
@@ -889,9 +1005,14 @@ async fn instance_rename(State(state): State<AppState>, body: Bytes) -> LegacyRe
     text("done")
 }
 
-async fn set_connection_xml(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn set_connection_xml(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
     let fields = Fields::parse(&body);
     let (computer, partition) = partition_fields(&fields)?;
+    who.require_computer(&computer)?;
     let connection = decode_dict("connection_xml", fields.required("connection_xml")?)?;
     let slave = fields.optional("slave_reference").map(str::to_string);
     write(&state, move |db| {
@@ -901,9 +1022,14 @@ async fn set_connection_xml(State(state): State<AppState>, body: Bytes) -> Legac
     text("done")
 }
 
-async fn related_instance_list(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn related_instance_list(
+    State(state): State<AppState>,
+    Who(who): Who,
+    body: Bytes,
+) -> LegacyResult {
     let fields = Fields::parse(&body);
     let (computer, partition) = partition_fields(&fields)?;
+    who.require_computer(&computer)?;
     let titles: Vec<String> = match decode(
         "instance_reference_xml",
         fields.required("instance_reference_xml")?,
@@ -922,9 +1048,10 @@ async fn related_instance_list(State(state): State<AppState>, body: Bytes) -> Le
     text("OK")
 }
 
-async fn use_computer(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn use_computer(State(state): State<AppState>, Who(who): Who, body: Bytes) -> LegacyResult {
     let fields = Fields::parse(&body);
     let computer = fields.required("computer_id")?.to_string();
+    who.require_computer(&computer)?;
     let use_string = fields.required("use_string")?.to_string();
     write(&state, move |db| {
         engine::use_computer(db, &computer, &use_string)
@@ -933,9 +1060,10 @@ async fn use_computer(State(state): State<AppState>, body: Bytes) -> LegacyResul
     text("OK")
 }
 
-async fn computer_bang(State(state): State<AppState>, body: Bytes) -> LegacyResult {
+async fn computer_bang(State(state): State<AppState>, Who(who): Who, body: Bytes) -> LegacyResult {
     let fields = Fields::parse(&body);
     let computer = fields.required("computer_id")?.to_string();
+    who.require_computer(&computer)?;
     let message = fields.optional("message").unwrap_or("").to_string();
     write(&state, move |db| {
         engine::computer_bang(db, &computer, &message)

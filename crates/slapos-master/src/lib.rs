@@ -7,12 +7,14 @@ pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod legacy;
+pub mod pki;
 pub mod schemas;
 pub mod server;
+pub mod tls;
 pub mod views;
 pub mod web;
 
 pub use auth::Authentication;
 pub use engine::EngineConfig;
 pub use error::MasterError;
-pub use server::{serve, AppState, Forward, MasterConfig};
+pub use server::{serve, serve_with_tls, AppState, Forward, MasterConfig};

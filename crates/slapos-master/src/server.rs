@@ -1,7 +1,6 @@
 //! The HTTP server: shared state, the router of every interface, limits.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authentication;
 use crate::engine::EngineConfig;
+use crate::tls::Peer;
 
 /// How the master is set up.
 #[derive(Debug, Clone)]
@@ -169,6 +169,18 @@ pub async fn serve(
     config: MasterConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, None, store, config, shutdown).await
+}
+
+/// Like [`serve`], over HTTPS when `tls` is given (client certificates
+/// requested, optional at the handshake; see [`crate::tls`]).
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    store: Store,
+    config: MasterConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let state = AppState::new(store.clone(), &config);
     let changes = state.changes.clone();
     store.subscribe_external_changes(Box::new(move || {
@@ -182,10 +194,17 @@ pub async fn serve(
         stopping.send_replace(true);
     };
     let app = router(state, &config);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    match tls {
+        None => {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

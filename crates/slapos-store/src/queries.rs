@@ -1118,3 +1118,142 @@ pub fn list_tokens(db: &mut dyn Db, user: Option<&str>) -> Result<Vec<TokenRow>>
     })
     .collect()
 }
+
+// ------------------------------------------------------------------ certificates
+
+/// Whom a client certificate identifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CertificateOwner {
+    /// A node: it acts only on this computer.
+    Computer { computer: String },
+    /// A user: it acts in this user's scope.
+    User { user_id: i64, user: String },
+}
+
+/// A certificate issued by the master's authority (never its key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateRow {
+    pub id: i64,
+    /// Hex SHA-256 of the certificate's DER.
+    pub fingerprint: String,
+    #[serde(flatten)]
+    pub owner: CertificateOwner,
+    pub serial: String,
+    pub not_after: i64,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const CERTIFICATE_COLUMNS: &str = "c.id, c.fingerprint, c.kind, c.computer_reference, c.user_id, \
+     u.name, c.serial, c.not_after, c.created_at, c.revoked_at FROM certificate c \
+     LEFT JOIN \"user\" u ON u.id = c.user_id";
+
+fn certificate_row(r: &Row) -> Result<CertificateRow> {
+    let kind = r.text(2)?;
+    let owner = match kind.as_str() {
+        "computer" => CertificateOwner::Computer {
+            computer: r.opt_text(3)?.ok_or_else(|| {
+                StoreError::Corrupt("computer certificate without computer".into())
+            })?,
+        },
+        "user" => CertificateOwner::User {
+            user_id: r
+                .opt_int(4)?
+                .ok_or_else(|| StoreError::Corrupt("user certificate without user".into()))?,
+            user: r.opt_text(5)?.unwrap_or_default(),
+        },
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown certificate kind {other:?}"
+            )))
+        }
+    };
+    Ok(CertificateRow {
+        id: r.int(0)?,
+        fingerprint: r.text(1)?,
+        owner,
+        serial: r.text(6)?,
+        not_after: r.int(7)?,
+        created_at: r.int(8)?,
+        revoked_at: r.opt_int(9)?,
+    })
+}
+
+/// Records an issued certificate; its id.
+pub fn insert_certificate(
+    db: &mut dyn Db,
+    fingerprint: &str,
+    owner: &CertificateOwner,
+    serial: &str,
+    not_after: i64,
+    now: i64,
+) -> Result<i64> {
+    let (kind, computer, user) = match owner {
+        CertificateOwner::Computer { computer } => ("computer", Some(computer.as_str()), None),
+        CertificateOwner::User { user_id, .. } => ("user", None, Some(*user_id)),
+    };
+    db.query_opt(
+        "INSERT INTO certificate (fingerprint, kind, computer_reference, user_id, serial, not_after, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        &[
+            fingerprint.into(),
+            kind.into(),
+            computer.into(),
+            user.into(),
+            serial.into(),
+            not_after.into(),
+            now.into(),
+        ],
+    )?
+    .ok_or_else(|| StoreError::Corrupt("insert returned no row".into()))?
+    .int(0)
+}
+
+/// A certificate by its fingerprint, revoked or not.
+pub fn certificate_by_fingerprint(
+    db: &mut dyn Db,
+    fingerprint: &str,
+) -> Result<Option<CertificateRow>> {
+    db.query_opt(
+        &format!("SELECT {CERTIFICATE_COLUMNS} WHERE c.fingerprint = $1"),
+        &[fingerprint.into()],
+    )?
+    .map(|r| certificate_row(&r))
+    .transpose()
+}
+
+/// Every certificate, oldest first.
+pub fn list_certificates(db: &mut dyn Db) -> Result<Vec<CertificateRow>> {
+    db.query(&format!("SELECT {CERTIFICATE_COLUMNS} ORDER BY c.id"), &[])?
+        .iter()
+        .map(certificate_row)
+        .collect()
+}
+
+/// Which certificates a revocation names.
+#[derive(Debug, Clone)]
+pub enum CertificateSelector<'a> {
+    Fingerprint(&'a str),
+    Computer(&'a str),
+    User(i64),
+}
+
+/// Revokes the live certificates selected; how many were revoked.
+pub fn revoke_certificates(
+    db: &mut dyn Db,
+    selector: &CertificateSelector<'_>,
+    now: i64,
+) -> Result<usize> {
+    let (column, value): (&str, Param<'_>) = match selector {
+        CertificateSelector::Fingerprint(f) => ("fingerprint", (*f).into()),
+        CertificateSelector::Computer(c) => ("computer_reference", (*c).into()),
+        CertificateSelector::User(u) => ("user_id", (*u).into()),
+    };
+    Ok(db.execute(
+        &format!(
+            "UPDATE certificate SET revoked_at = $1 WHERE {column} = $2 AND revoked_at IS NULL"
+        ),
+        &[now.into(), value],
+    )? as usize)
+}

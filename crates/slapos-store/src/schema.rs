@@ -7,10 +7,18 @@ use crate::StoreError;
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_accounts.sql")),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_certificates.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_accounts.sql")),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_certificates.sql"),
+    ),
 ];
 
 /// Brings the schema up to date. Runs inside the caller's transaction on
@@ -38,7 +46,15 @@ pub(crate) fn migrate(db: &mut dyn Db, dialect: Dialect) -> Result<(), StoreErro
             "the database has schema version {current}, newer than this program knows ({newest}): upgrade slapos"
         )));
     }
-    for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
+    // Every migration not yet recorded, not only those above the newest
+    // applied: versions may be numbered out of order across branches (a
+    // gap is filled later), and each one runs exactly once.
+    let applied: std::collections::HashSet<i64> = db
+        .query("SELECT version FROM schema_migration", &[])?
+        .iter()
+        .map(|r| r.int(0))
+        .collect::<Result<_, _>>()?;
+    for (version, sql) in migrations.iter().filter(|(v, _)| !applied.contains(v)) {
         tracing::info!(version, "applying database migration");
         let sql_statements: Vec<&str> = sql
             .split(';')

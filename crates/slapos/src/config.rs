@@ -61,6 +61,44 @@ impl SlaposConfig {
             .collect()
     }
 
+    /// `[slapmaster]` TLS files: `ssl_cert_file`, `ssl_key_file` (the
+    /// server's certificate), `ca_cert_file`, `ca_key_file` (the authority
+    /// that issues client certificates). None when none is set (plain HTTP);
+    /// an error when only some are.
+    pub fn master_tls(&self) -> Result<Option<slapos_master::pki::TlsFiles>> {
+        const KEYS: [&str; 4] = [
+            "ssl_cert_file",
+            "ssl_key_file",
+            "ca_cert_file",
+            "ca_key_file",
+        ];
+        let values: Vec<Option<String>> = KEYS.iter().map(|k| self.get("slapmaster", k)).collect();
+        if values.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let missing: Vec<&str> = KEYS
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{}: [slapmaster] enables HTTPS but lacks {} (set all of {}; missing files are created)",
+                self.path.display(),
+                missing.join(", "),
+                KEYS.join(", ")
+            );
+        }
+        let path = |i: usize| PathBuf::from(values[i].clone().unwrap_or_default());
+        Ok(Some(slapos_master::pki::TlsFiles {
+            cert: path(0),
+            key: path(1),
+            ca_cert: path(2),
+            ca_key: path(3),
+        }))
+    }
+
     /// `[multimaster/URL]` sections: releases served by another master.
     pub fn forwards(&self) -> Vec<slapos_master::Forward> {
         self.ini

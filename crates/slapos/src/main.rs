@@ -201,6 +201,83 @@ enum MasterAction {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The master's certificate authority (HTTPS, client certificates).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Computers' client certificates (for their nodes).
+    Computer {
+        #[command(subcommand)]
+        action: ComputerAction,
+    },
+    /// Client certificates: revoke, list.
+    Certificate {
+        #[command(subcommand)]
+        action: CertificateAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Create the authority and the server certificate named in the
+    /// configuration's [slapmaster] if their files are missing.
+    Init {
+        #[arg(long)]
+        cfg: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComputerAction {
+    /// A computer's client certificate.
+    Certificate {
+        #[command(subcommand)]
+        action: IssueAction,
+    },
+}
+
+/// Issues a client certificate into a directory.
+#[derive(Subcommand)]
+enum IssueAction {
+    /// Issue one: writes DIR/key.pem, DIR/cert.pem and DIR/ca.pem (the
+    /// master's authority) and registers the certificate with the master.
+    Issue {
+        /// The computer reference or user name it is bound to.
+        name: String,
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = slapos_master::pki::CLIENT_DAYS)]
+        days: i64,
+        #[command(flatten)]
+        db: MasterDb,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertificateAction {
+    /// Revoke certificates: refused from the next request on.
+    Revoke {
+        /// By fingerprint (hex SHA-256, see `certificate list`).
+        #[arg(long, conflicts_with_all = ["computer", "user"], required_unless_present_any = ["computer", "user"])]
+        fingerprint: Option<String>,
+        /// Every certificate of this computer.
+        #[arg(long, conflicts_with = "user")]
+        computer: Option<String>,
+        /// Every certificate of this user.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        db: MasterDb,
+    },
+    /// List issued certificates (never their keys).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: MasterDb,
+    },
 }
 
 /// Where the master's database is: its configuration, or the URI itself.
@@ -222,6 +299,11 @@ enum UserAction {
         label: String,
         #[command(flatten)]
         db: MasterDb,
+    },
+    /// A user's client certificate.
+    Certificate {
+        #[command(subcommand)]
+        action: IssueAction,
     },
 }
 

@@ -100,8 +100,36 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     })
     .await
     .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(address = %listener.local_addr()?, database = %database_uri, ?authentication, "master listening");
-    slapos_master::serve(listener, store, master_config, shutdown_signal()).await?;
+    // HTTPS (`slapos master` only): the authority and the server's
+    // certificate are created when their files are missing.
+    let tls = match config.as_ref().filter(|_| !options.proxy) {
+        Some(c) => match c.master_tls()? {
+            Some(files) => {
+                let hosts = vec![host.clone()];
+                let shown = files.clone();
+                let created =
+                    tokio::task::spawn_blocking(move || slapos_master::pki::ensure(&shown, &hosts))
+                        .await??;
+                if created.ca {
+                    tracing::info!(path = %files.ca_cert.display(), "created the certificate authority");
+                }
+                if created.server {
+                    tracing::info!(path = %files.cert.display(), "created the server certificate");
+                }
+                Some(slapos_master::pki::server_config(&files)?)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = %database_uri,
+        ?authentication,
+        https = tls.is_some(),
+        "master listening"
+    );
+    slapos_master::serve_with_tls(listener, tls, store, master_config, shutdown_signal()).await?;
     tracing::info!("master stopped");
     Ok(())
 }
