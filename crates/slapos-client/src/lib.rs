@@ -24,6 +24,66 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("unexpected answer from the master: {0}")]
     BadAnswer(String),
+    /// A client certificate, key or authority file that cannot be used.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// HTTPS settings (`[slapos] cert_file`, `key_file`, `master_ca_file`): the
+/// client certificate a `slapos master` issued (a computer's for a node, a
+/// user's for the CLI), and the master's authority to verify it with.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// Without it the master's certificate is verified against the system's
+    /// roots (the reference client does not verify at all).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl TlsSettings {
+    fn apply(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                ClientError::Tls(format!("cannot read the {what} {}: {e}", path.display()))
+            })
+        };
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert, "certificate")?;
+                pem.push(b'\n');
+                pem.extend(read(key, "key")?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    ClientError::Tls(format!(
+                        "{} and {} are not a PEM certificate and its key: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ClientError::Tls(
+                    "cert_file and key_file go together: set both or neither".into(),
+                ))
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&read(ca, "authority")?).map_err(|e| {
+                    ClientError::Tls(format!("{}: not PEM certificates: {e}", ca.display()))
+                })?;
+            if certs.is_empty() {
+                return Err(ClientError::Tls(format!(
+                    "{}: no certificate",
+                    ca.display()
+                )));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        Ok(builder)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -84,13 +144,21 @@ fn string_of(v: Option<&Value>) -> Option<String> {
 impl SlapClient {
     /// `master_url` as in `slapos.cfg`; endpoints are relative to it.
     pub fn new(master_url: &str) -> Result<SlapClient> {
+        SlapClient::with_tls(master_url, &TlsSettings::default())
+    }
+
+    /// Like [`SlapClient::new`], with a client certificate and the master's
+    /// authority (an `https://` master of slapos-rs or the reference).
+    pub fn with_tls(master_url: &str, tls: &TlsSettings) -> Result<SlapClient> {
         let mut base = master_url.trim().to_string();
         if !base.ends_with('/') {
             base.push('/');
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
-            .user_agent(concat!("slapos-rs/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("slapos-rs/", env!("CARGO_PKG_VERSION")));
+        let http = tls
+            .apply(builder)?
             .build()
             .map_err(|e| ClientError::Unreachable {
                 url: base.clone(),

@@ -35,6 +35,10 @@ pub struct NodeConfig {
     /// Where downloads are cached (default `<software_root>/.cache`); may be
     /// shared by several nodes of one machine.
     pub download_cache: Option<PathBuf>,
+    /// The computer's client certificate and the master's authority
+    /// (`[slapos] cert_file`, `key_file`, `master_ca_file`), for an HTTPS
+    /// master that authenticates nodes.
+    pub tls: slapos_client::TlsSettings,
 }
 
 impl NodeConfig {
@@ -64,6 +68,7 @@ impl NodeConfig {
             promise_timeout: 30,
             report_interval: 600,
             download_cache: std::env::var_os("SLAPOS_DOWNLOAD_CACHE").map(PathBuf::from),
+            tls: slapos_client::TlsSettings::default(),
         }
     }
 

@@ -67,7 +67,7 @@ fn fingerprint(target: &ComputerTarget) -> Vec<(&str, &str, Option<&str>, Option
 
 impl Node {
     pub fn open(config: NodeConfig, formatted: Formatted) -> anyhow::Result<Node> {
-        let client = SlapClient::new(&config.master_url)?;
+        let client = SlapClient::with_tls(&config.master_url, &config.tls)?;
         let mut installer = Installer::new(&config.software_root)?;
         if let Some(cache) = &config.download_cache {
             installer = installer.with_cache_dir(cache)?;

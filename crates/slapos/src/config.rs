@@ -61,6 +61,21 @@ impl SlaposConfig {
             .collect()
     }
 
+    /// The client side of HTTPS: `[slapos] cert_file`, `key_file` (or
+    /// `[slapconsole]`'s, as the reference client reads them) and
+    /// `master_ca_file`.
+    pub fn client_tls(&self) -> slapos_client::TlsSettings {
+        let get = |key: &str| {
+            self.first(&[("slapos", key), ("slapconsole", key)])
+                .map(PathBuf::from)
+        };
+        slapos_client::TlsSettings {
+            cert_file: get("cert_file"),
+            key_file: get("key_file"),
+            ca_file: get("master_ca_file"),
+        }
+    }
+
     /// `[slapmaster]` TLS files: `ssl_cert_file`, `ssl_key_file` (the
     /// server's certificate), `ca_cert_file`, `ca_key_file` (the authority
     /// that issues client certificates). None when none is set (plain HTTP);

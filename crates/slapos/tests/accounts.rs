@@ -17,18 +17,7 @@ const OTHER_SR: &str = "https://lab.example.invalid/software/other/software.cfg"
 
 /// Runs `slapos master ARGS --cfg CFG`; its standard output on success.
 fn slapos_master(server: &Server, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(common::binary())
-        .arg("master")
-        .args(args)
-        .arg("--cfg")
-        .arg(server.cfg())
-        .output()
-        .expect("run slapos");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    server.master_command(args)
 }
 
 struct Api {
@@ -88,7 +77,7 @@ fn ids(list: &Value) -> Vec<i64> {
 
 async fn accounts_story(server: &Server) {
     let api = Api {
-        http: reqwest::Client::new(),
+        http: server.client(None),
         base: server.url.clone(),
     };
     let http = &api.http;
@@ -163,8 +152,10 @@ async fn accounts_story(server: &Server) {
         assert!(r.text().await.unwrap().contains("authentication = token"));
     }
 
-    // A computer (the legacy protocol is not authenticated yet).
-    let r = http
+    // A computer, registered by its node with its computer certificate.
+    let (comp_a, _) = server.issue_certificate("computer", "COMP-A");
+    let node = server.client(Some(&comp_a));
+    let r = node
         .post(format!("{}/loadComputerConfigurationFromXML", server.url))
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(form(&[("xml", &computer_xml("COMP-A", 6))]))
@@ -204,7 +195,7 @@ async fn accounts_story(server: &Server) {
     // A child requested by Alice's instance (its node, legacy protocol)
     // belongs to Alice: her tree is hers alone.
     let partition = a["partition"].as_str().unwrap().to_string();
-    let r = http
+    let r = node
         .post(format!("{}/requestComputerPartition", server.url))
         .header("Content-Type", "application/x-www-form-urlencoded")
         .header(
@@ -347,7 +338,11 @@ async fn accounts_story(server: &Server) {
     let bob_cfg = server.dir.path().join("bob.cfg");
     std::fs::write(
         &bob_cfg,
-        format!("[slapos]\nmaster_url = {}\napi_token = {bob}\n", server.url),
+        format!(
+            "[slapos]\nmaster_url = {}\napi_token = {bob}\nmaster_ca_file = {}\n",
+            server.url,
+            server.ca_file().display()
+        ),
     )
     .unwrap();
     let cli = |args: &[&str]| {
@@ -393,15 +388,17 @@ async fn accounts_story(server: &Server) {
         "Bob's CLI request is his"
     );
 
-    // The node's view (legacy, for now unauthenticated) still has everything.
-    let r = http
-        .get(format!(
-            "{}/getFullComputerInformation?computer_id=COMP-A",
-            server.url
-        ))
-        .send()
-        .await
-        .unwrap();
+    // The node's view (its computer certificate) has everything; a user's
+    // token is not a node's credential, and no credential is refused.
+    let view_url = format!(
+        "{}/getFullComputerInformation?computer_id=COMP-A",
+        server.url
+    );
+    let r = http.get(&view_url).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http.get(&view_url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = node.get(&view_url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let view = r.text().await.unwrap();
     for title in ["a-db", "a-only", "b-db"] {

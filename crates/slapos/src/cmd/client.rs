@@ -19,7 +19,8 @@ impl Session {
         let path = config::locate(cfg, true)?;
         let config = SlaposConfig::load(&path)?;
         // `[slapos] api_token`: a `slapos master` token (accounts on).
-        let client = SlapClient::new(&config.master_url()?)?
+        // `[slapos] cert_file`/`key_file`: a client certificate (HTTPS).
+        let client = SlapClient::with_tls(&config.master_url()?, &config.client_tls())?
             .with_api_token(config.get("slapos", "api_token"));
         Ok(Session { config, client })
     }

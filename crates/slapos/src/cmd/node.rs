@@ -71,6 +71,7 @@ pub fn node_config(cfg: &SlaposConfig) -> Result<NodeConfig> {
             .parse()
             .context("[slapos-node] promise_timeout must be seconds")?;
     }
+    c.tls = cfg.client_tls();
     Ok(c)
 }
 
@@ -80,7 +81,7 @@ pub fn load(cfg: Option<&Path>) -> Result<NodeConfig> {
 }
 
 pub async fn format(config: &NodeConfig) -> Result<Formatted> {
-    let client = SlapClient::new(&config.master_url)?;
+    let client = SlapClient::with_tls(&config.master_url, &config.tls)?;
     let formatted = format::format(config, &client).await?;
     println!(
         "Formatted {} partitions under {} and registered computer {} with {}",

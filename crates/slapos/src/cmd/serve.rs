@@ -92,14 +92,6 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         authentication,
         ..MasterConfig::default()
     };
-    let address = format!("{}:{port}", host.trim_matches(['[', ']']));
-    let listener = tokio::net::TcpListener::bind(if host.contains(':') {
-        format!("[{}]:{port}", host.trim_matches(['[', ']']))
-    } else {
-        address.clone()
-    })
-    .await
-    .with_context(|| format!("cannot listen on {address}"))?;
     // HTTPS (`slapos master` only): the authority and the server's
     // certificate are created when their files are missing.
     let tls = match config.as_ref().filter(|_| !options.proxy) {
@@ -122,6 +114,14 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         },
         None => None,
     };
+    let address = format!("{}:{port}", host.trim_matches(['[', ']']));
+    let listener = tokio::net::TcpListener::bind(if host.contains(':') {
+        format!("[{}]:{port}", host.trim_matches(['[', ']']))
+    } else {
+        address.clone()
+    })
+    .await
+    .with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(
         address = %listener.local_addr()?,
         database = %database_uri,

@@ -43,15 +43,74 @@ pub fn start_master(database: &str) -> Server {
 }
 
 /// A `slapos master` with accounts on (`[slapmaster] authentication =
-/// token`), on a SQLite file in its temp dir or the given database.
+/// token`) over HTTPS (its authority and certificate made at start in its
+/// temp dir), on a SQLite file in its temp dir or the given database.
 pub fn start_master_with_accounts(database: Option<&str>) -> Server {
-    start(&["master"], "", database, "authentication = token\n")
+    start(&["master"], "", database, "authentication = token\nTLS\n")
 }
 
 impl Server {
     /// The `slapos.cfg` the server was started with.
     pub fn cfg(&self) -> PathBuf {
         self.dir.path().join("slapos.cfg")
+    }
+
+    /// The master's certificate authority (HTTPS masters).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// An HTTP client of this master: trusting its authority (HTTPS), with
+    /// the client certificate of `identity` (a directory holding the
+    /// `cert.pem` and `key.pem` that `slapos master ... certificate issue`
+    /// wrote), if any.
+    pub fn client(&self, identity: Option<&std::path::Path>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if self.url.starts_with("https:") {
+            let ca = std::fs::read(self.ca_file()).expect("the master's authority");
+            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]);
+        }
+        if let Some(dir) = identity {
+            let mut pem = std::fs::read(dir.join("cert.pem")).unwrap();
+            pem.extend(std::fs::read(dir.join("key.pem")).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    /// Runs `slapos master ARGS --cfg CFG`: its standard output, or its
+    /// standard error on failure.
+    pub fn master_command(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(binary())
+            .arg("master")
+            .args(args)
+            .arg("--cfg")
+            .arg(self.cfg())
+            .output()
+            .expect("run slapos");
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Issues a client certificate (`kind`: computer or user) into a new
+    /// directory of the temp dir; the directory and the fingerprint.
+    pub fn issue_certificate(&self, kind: &str, name: &str) -> (PathBuf, String) {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let dir = self.dir.path().join(format!("cert-{kind}-{name}-{n}"));
+        let out = self
+            .master_command(&[
+                kind,
+                "certificate",
+                "issue",
+                name,
+                "--out-dir",
+                dir.to_str().unwrap(),
+            ])
+            .unwrap_or_else(|e| panic!("issue a {kind} certificate for {name}: {e}"));
+        (dir, out.trim().to_string())
     }
 }
 
@@ -67,10 +126,20 @@ fn start(
         .map(str::to_string)
         .unwrap_or_else(|| dir.path().join("proxy.db").to_string_lossy().into_owned());
     let cfg = dir.path().join("slapos.cfg");
+    let https = master_extra.contains("TLS\n");
+    let master_extra = master_extra.replace(
+        "TLS\n",
+        &format!(
+            "ssl_cert_file = {d}/server.crt\nssl_key_file = {d}/server.key\n\
+             ca_cert_file = {d}/ca.crt\nca_key_file = {d}/ca.key\n",
+            d = dir.path().display()
+        ),
+    );
+    let scheme = if https { "https" } else { "http" };
     std::fs::write(
         &cfg,
         format!(
-            "[slapos]\nmaster_url = http://127.0.0.1:{port}\ncomputer_id = {computer_id}\n\
+            "[slapos]\nmaster_url = {scheme}://127.0.0.1:{port}\ncomputer_id = {computer_id}\n\
              [slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n\
              [slapmaster]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {db}\n{master_extra}"
         ),
@@ -85,7 +154,7 @@ fn start(
         .stderr(log)
         .spawn()
         .expect("start slapos proxy");
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("{scheme}://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
