@@ -704,3 +704,90 @@ async fn reference_client_requests_over_https_with_a_user_certificate() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Our node, with its computer certificate in `[slapos] cert_file` /
+/// `key_file` and the master's authority in `master_ca_file`, registers,
+/// polls and reports over HTTPS; configured for another computer, it is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_node_speaks_https_with_its_computer_certificate() {
+    let server = &common::start_master_with_accounts(None);
+    let (cert, _) = server.issue_certificate("computer", "COMP-N");
+    let root = server.dir.path().join("node");
+    let node_cfg = |computer: &str| {
+        let path = server.dir.path().join(format!("node-{computer}.cfg"));
+        std::fs::write(
+            &path,
+            format!(
+                "[slapos]\ncomputer_id = {computer}\nmaster_url = {}\n\
+                 instance_root = {r}/instance\nsoftware_root = {r}/software\n\
+                 cert_file = {c}/cert.pem\nkey_file = {c}/key.pem\nmaster_ca_file = {c}/ca.pem\n\
+                 [slapformat]\npartition_amount = 2\nalter_user = false\nalter_network = false\n",
+                server.url,
+                r = root.display(),
+                c = cert.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let cfg = node_cfg("COMP-N");
+    for command in [
+        ["node", "format"],
+        ["node", "software"],
+        ["node", "instance"],
+        ["node", "report"],
+    ] {
+        let out = Command::new(common::binary())
+            .args(command)
+            .arg("--cfg")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let node = server.client(Some(&cert));
+    let (status, view) = get(
+        &node,
+        server,
+        "/getFullComputerInformation?computer_id=COMP-N",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(view.contains("slappart1"), "{view}");
+
+    let other = node_cfg("COMP-M");
+    let out = Command::new(common::binary())
+        .args(["node", "format", "--cfg"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("403") && err.contains("COMP-M"), "{err}");
+
+    // Without the authority the master's certificate is not trusted.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let untrusting = server.dir.path().join("untrusting.cfg");
+    std::fs::write(
+        &untrusting,
+        text.lines()
+            .filter(|l| !l.starts_with("master_ca_file"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let out = Command::new(common::binary())
+        .args(["node", "software", "--cfg"])
+        .arg(&untrusting)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an unknown server certificate is refused"
+    );
+}
