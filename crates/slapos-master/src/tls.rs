@@ -18,6 +18,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at most; beyond, accepting waits (backpressure
+/// on a flood of connections that never finish their handshake).
+const MAX_HANDSHAKES: usize = 1024;
 
 /// Accepts TCP connections and hands out those whose TLS handshake succeeded.
 pub struct TlsListener {
@@ -31,8 +34,12 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(128);
         let tls = TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let acceptor = tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, addr) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -48,7 +55,10 @@ impl TlsListener {
                 }
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+                    drop(slot);
+                    match handshake {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, addr)).await;
                         }
