@@ -688,7 +688,39 @@ async fn reference_client_requests_over_https_with_a_user_certificate() {
     .await;
     assert!(view.1.contains("carol-inst"), "{}", view.1);
 
-    // Without a certificate the reference client is refused.
+    // The reference node library (`slapos.slap`, as slapgrid uses it) with
+    // the computer's certificate reads its computer, and is refused another.
+    let script = format!(
+        r#"
+import slapos.slap
+slap = slapos.slap.slap()
+slap.initializeConnection({url:?}, key_file={key:?}, cert_file={cert:?})
+print("OWN", sorted(p.getId() for p in slap.registerComputer("COMP-R").getComputerPartitionList()))
+try:
+    slap.registerComputer("COMP-X").getComputerPartitionList()
+    print("OTHER accepted")
+except Exception as e:
+    print("OTHER refused", type(e).__name__, e)
+"#,
+        url = server.url,
+        key = node_dir.join("key.pem").display().to_string(),
+        cert = node_dir.join("cert.pem").display().to_string(),
+    );
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-W", "ignore", "-c", &script])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("OWN ['slappart0', 'slappart1']"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("OTHER refused"), "{printed}");
+    assert!(printed.contains("403"), "{printed}");
+
+    // With a computer's certificate the reference client cannot request as
+    // a user (403).
     let bare = server.dir.path().join("bare-client.cfg");
     std::fs::write(
         &bare,
