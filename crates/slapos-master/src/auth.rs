@@ -314,3 +314,109 @@ impl FromRequestParts<AppState> for ApiIdentity {
             .map_err(AuthFailure::json)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::MasterConfig;
+    use slapos_store::StoreOptions;
+
+    fn parts(certificate: Option<&str>, bearer: Option<&str>) -> Parts {
+        let mut request = axum::http::Request::builder().uri("/");
+        if let Some(token) = bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut request = request.body(()).unwrap();
+        request.extensions_mut().insert(ConnectInfo(Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            certificate: certificate.map(str::to_string),
+        }));
+        request.into_parts().0
+    }
+
+    #[tokio::test]
+    async fn identities_from_certificates_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store =
+            slapos_store::Store::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let config = MasterConfig {
+            authentication: Authentication::Token,
+            ..MasterConfig::default()
+        };
+        let state = AppState::new(store.clone(), &config);
+        let (token, alice) = store
+            .write(|db| {
+                let token = add_user(db, "alice", "")?;
+                let alice = q::user_by_name(db, "alice")?.map(|u| u.id).unwrap_or(0);
+                let now = slapos_core::now_micros();
+                let later = now + 3_600_000_000;
+                let user = q::CertificateOwner::User {
+                    user_id: alice,
+                    user: "alice".into(),
+                };
+                let computer = q::CertificateOwner::Computer {
+                    computer: "COMP-1".into(),
+                };
+                q::insert_certificate(db, "aa", &user, "01", later, now)?;
+                q::insert_certificate(db, "cc", &computer, "02", later, now)?;
+                q::insert_certificate(db, "rr", &computer, "03", later, now)?;
+                q::insert_certificate(db, "ee", &computer, "04", now - 1, now)?;
+                q::revoke_certificates(db, &q::CertificateSelector::Fingerprint("rr"), now)?;
+                Ok::<_, MasterError>((token, alice))
+            })
+            .await
+            .unwrap();
+        let who = |c: Option<&str>, t: Option<&str>| {
+            let (parts, state) = (parts(c, t), state.clone());
+            async move { identify(&parts, &state).await }
+        };
+        assert_eq!(who(Some("aa"), None).await.unwrap(), Identity::User(alice));
+        assert_eq!(
+            who(Some("cc"), None).await.unwrap(),
+            Identity::Computer("COMP-1".into())
+        );
+        // The certificate wins over a token.
+        assert_eq!(
+            who(Some("cc"), Some(&token)).await.unwrap(),
+            Identity::Computer("COMP-1".into())
+        );
+        for (fingerprint, why) in [("rr", "revoked"), ("ee", "expired"), ("zz", "unknown")] {
+            let refused = who(Some(fingerprint), Some(&token)).await.unwrap_err();
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{fingerprint}");
+            assert!(refused.message.contains(why), "{}", refused.message);
+        }
+        assert_eq!(
+            who(None, Some(&token)).await.unwrap(),
+            Identity::User(alice)
+        );
+        let refused = who(None, Some("slapos_nope")).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        let refused = who(None, None).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+        // Authorization of a computer's certificate.
+        let node = Identity::Computer("COMP-1".into());
+        assert!(node.require_computer("COMP-1").is_ok());
+        assert_eq!(node.require_computer("COMP-2").unwrap_err().status(), 403);
+        assert_eq!(node.user_scope().unwrap_err().status(), 403);
+        assert_eq!(
+            Identity::User(alice)
+                .require_computer("COMP-1")
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            Identity::User(alice).user_scope().unwrap(),
+            Scope::User(alice)
+        );
+
+        // Off: everyone is Open, whatever they present.
+        let open = AppState::new(store, &MasterConfig::default());
+        assert_eq!(
+            identify(&parts(Some("zz"), None), &open).await.unwrap(),
+            Identity::Open
+        );
+    }
+}
