@@ -56,9 +56,25 @@ async fn authority(cfg: Option<&std::path::Path>) -> Result<TlsFiles> {
     Ok(files)
 }
 
+/// What a client certificate is bound to.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Computer,
+    User,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Bound::Computer => "computer",
+            Bound::User => "user",
+        })
+    }
+}
+
 /// Issues a certificate for a computer or a user, registers it, writes it.
 async fn issue(
-    owner_kind: &'static str,
+    owner_kind: Bound,
     name: String,
     out_dir: std::path::PathBuf,
     days: i64,
@@ -73,14 +89,14 @@ async fn issue(
     let files = authority(db.cfg.as_deref()).await?;
     let store = open(&db).await?;
     let owner = match owner_kind {
-        "computer" => {
+        Bound::Computer => {
             slapos_core::validate_reference("computer reference", &name)
                 .map_err(|e| anyhow::anyhow!(e))?;
             q::CertificateOwner::Computer {
                 computer: name.clone(),
             }
         }
-        _ => {
+        Bound::User => {
             let user_name = name.clone();
             let user = store
                 .read(move |db| Ok::<_, MasterError>(q::user_by_name(db, &user_name)?))
@@ -167,7 +183,7 @@ pub async fn run(action: MasterAction) -> Result<i32> {
                             db,
                         },
                 },
-        } => issue("computer", name, out_dir, days, db).await?,
+        } => issue(Bound::Computer, name, out_dir, days, db).await?,
         MasterAction::User {
             action:
                 UserAction::Certificate {
@@ -179,7 +195,7 @@ pub async fn run(action: MasterAction) -> Result<i32> {
                             db,
                         },
                 },
-        } => issue("user", name, out_dir, days, db).await?,
+        } => issue(Bound::User, name, out_dir, days, db).await?,
         MasterAction::Certificate {
             action:
                 CertificateAction::Revoke {
