@@ -114,6 +114,13 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         },
         None => None,
     };
+    if authentication == Authentication::Token && tls.is_none() {
+        tracing::warn!(
+            "authentication = token without HTTPS: nodes have no credential (client \
+             certificates need [slapmaster] ssl_cert_file, ssl_key_file, ca_cert_file, \
+             ca_key_file), so the legacy node routes answer 401"
+        );
+    }
     let address = format!("{}:{port}", host.trim_matches(['[', ']']));
     let listener = tokio::net::TcpListener::bind(if host.contains(':') {
         format!("[{}]:{port}", host.trim_matches(['[', ']']))
