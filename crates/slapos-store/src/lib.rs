@@ -20,6 +20,7 @@ mod postgres_backend;
 pub mod queries;
 mod schema;
 mod sqlite_backend;
+pub mod usage;
 
 pub use db::{Db, Dialect, Param, Row, Value};
 

@@ -1,5 +1,6 @@
 //! Append-only migrations, one folder per backend. Never edit a released
 //! migration: add the next one.
+//! Statements are split on `;`, so comments in a migration must not contain one.
 
 use crate::db::{Db, Dialect};
 use crate::StoreError;
@@ -7,10 +8,18 @@ use crate::StoreError;
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_accounts.sql")),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_usage_ledger.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_accounts.sql")),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_usage_ledger.sql"),
+    ),
 ];
 
 /// Brings the schema up to date. Runs inside the caller's transaction on
