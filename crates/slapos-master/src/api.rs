@@ -79,9 +79,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-async fn read<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
+pub(crate) async fn read<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
 where
     F: FnOnce(&mut dyn Db) -> Result<T, MasterError> + Send + 'static,
     T: Send + 'static,

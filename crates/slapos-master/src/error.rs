@@ -11,6 +11,9 @@ pub enum MasterError {
     /// Malformed or invalid input.
     #[error("{0}")]
     BadRequest(String),
+    /// The caller may not do this (a user asking for the provider's books).
+    #[error("{0}")]
+    Forbidden(String),
     /// The operation contradicts the current state.
     #[error("{0}")]
     Conflict(String),
@@ -23,6 +26,7 @@ impl MasterError {
         match self {
             MasterError::NotFound(_) => 404,
             MasterError::BadRequest(_) => 400,
+            MasterError::Forbidden(_) => 403,
             MasterError::Conflict(_) => 409,
             MasterError::Store(StoreError::Closed) => 503,
             MasterError::Store(_) => 500,

@@ -15,6 +15,7 @@
 //! Invariant: a write's result is handed back only after its transaction
 //! has committed.
 
+pub mod billing;
 mod db;
 mod postgres_backend;
 pub mod queries;

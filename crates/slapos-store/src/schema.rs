@@ -12,6 +12,7 @@ const SQLITE: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/sqlite/0003_usage_ledger.sql"),
     ),
+    (5, include_str!("../migrations/sqlite/0005_accounting.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -20,6 +21,7 @@ const POSTGRES: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/postgres/0003_usage_ledger.sql"),
     ),
+    (5, include_str!("../migrations/postgres/0005_accounting.sql")),
 ];
 
 /// Brings the schema up to date. Runs inside the caller's transaction on

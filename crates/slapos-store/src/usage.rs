@@ -87,12 +87,12 @@ pub fn insert_usage_record(db: &mut dyn Db, r: &NewUsageRecord<'_>, now: i64) ->
     Ok(inserted.is_some())
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "u.id, u.computer_id, u.report_id, u.partition_reference, u.instance_id, u.user_id, \
     u.tree_id, u.software_release, u.software_type, u.period_start, u.period_end, u.cpu_micros, \
     u.memory_byte_seconds, u.disk_byte_seconds, u.running_seconds, u.received_at";
 
-fn record_from(r: &Row) -> Result<UsageRecord> {
+pub(crate) fn record_from(r: &Row) -> Result<UsageRecord> {
     Ok(UsageRecord {
         id: r.int(0)?,
         computer_id: r.int(1)?,

@@ -10,7 +10,7 @@ use slapos_store::{Store, StoreOptions};
 use crate::config::SlaposConfig;
 use crate::{MasterAction, MasterDb, TokenAction, UserAction};
 
-async fn open(db: &MasterDb) -> Result<Store> {
+pub(crate) async fn open(db: &MasterDb) -> Result<Store> {
     let uri = match &db.database_uri {
         Some(uri) => uri.clone(),
         None => {
@@ -34,6 +34,11 @@ fn micros_to_text(micros: i64) -> String {
 
 pub async fn run(action: MasterAction) -> Result<i32> {
     match action {
+        MasterAction::PriceList { action } => crate::cmd::billing::price_list(action).await?,
+        MasterAction::Invoice { action } => crate::cmd::billing::master_invoice(action).await?,
+        MasterAction::Revenue { from, to, json, db } => {
+            crate::cmd::billing::revenue(from, to, json, db).await?
+        }
         MasterAction::User {
             action: UserAction::Add { name, label, db },
         } => {
