@@ -352,7 +352,8 @@ impl SlapClient {
     /// Usage per time bucket (`GET /api/v1/usage/summary`); `query` is the
     /// URL-encoded filter (`tree=ID&from=...&bucket=86400`).
     pub async fn usage_summary(&self, query: &str) -> Result<serde_json::Value> {
-        self.get_json(&format!("api/v1/usage/summary?{query}")).await
+        self.get_json(&format!("api/v1/usage/summary?{query}"))
+            .await
     }
 
     /// The ledger's records (`GET /api/v1/usage`).
@@ -385,8 +386,11 @@ impl SlapClient {
     pub async fn invoice_drafts(&self, period: Option<&str>) -> Result<serde_json::Value> {
         match period {
             Some(p) => {
-                self.get_json(&format!("api/v1/invoices/draft?period={}", encode_segment(p)))
-                    .await
+                self.get_json(&format!(
+                    "api/v1/invoices/draft?period={}",
+                    encode_segment(p)
+                ))
+                .await
             }
             None => self.get_json("api/v1/invoices/draft").await,
         }

@@ -253,9 +253,6 @@ mod tests {
             assert!(parse_utc_date(bad).is_err(), "{bad}");
         }
         assert!("gpu_hour".parse::<Resource>().is_err());
-        assert_eq!(
-            "cpu_hour".parse::<Resource>().unwrap(),
-            Resource::CpuHour
-        );
+        assert_eq!("cpu_hour".parse::<Resource>().unwrap(), Resource::CpuHour);
     }
 }

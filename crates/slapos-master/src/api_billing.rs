@@ -141,7 +141,10 @@ async fn add_price_list(
     State(state): State<AppState>,
     Caller(scope): Caller,
     Json(input): Json<PriceListInput>,
-) -> ApiResult<(axum::http::StatusCode, Json<slapos_store::billing::PriceListRow>)> {
+) -> ApiResult<(
+    axum::http::StatusCode,
+    Json<slapos_store::billing::PriceListRow>,
+)> {
     provider_only(scope, "add price lists")?;
     let list = state
         .store
@@ -234,10 +237,9 @@ async fn show_invoice(
             .into_response(),
         None | Some("json") => Json(view).into_response(),
         Some(other) => {
-            return Err(MasterError::BadRequest(format!(
-                "format {other:?}: expected json or csv"
-            ))
-            .into())
+            return Err(
+                MasterError::BadRequest(format!("format {other:?}: expected json or csv")).into(),
+            )
         }
     })
 }
@@ -277,7 +279,12 @@ async fn revenue(
     Query(query): Query<RangeQuery>,
 ) -> ApiResult<Json<Vec<RevenueRow>>> {
     provider_only(scope, "see the revenue")?;
-    let from = query.from.as_deref().map(parse_utc_date).transpose()?.unwrap_or(0);
+    let from = query
+        .from
+        .as_deref()
+        .map(parse_utc_date)
+        .transpose()?
+        .unwrap_or(0);
     let to = query
         .to
         .as_deref()

@@ -60,9 +60,8 @@ pub struct PriceInput {
 }
 
 fn parse_amount(what: &str, text: &str) -> Result<Decimal> {
-    let value = Decimal::from_str(text.trim()).map_err(|_| {
-        MasterError::BadRequest(format!("{what} {text:?} is not a decimal number"))
-    })?;
+    let value = Decimal::from_str(text.trim())
+        .map_err(|_| MasterError::BadRequest(format!("{what} {text:?} is not a decimal number")))?;
     if value.is_sign_negative() {
         return Err(MasterError::BadRequest(format!(
             "{what} {text:?} is negative"
@@ -201,12 +200,7 @@ impl Pricing {
                         .as_ref()
                         .is_none_or(|t| Some(t) == record.software_type.as_ref())
             })
-            .max_by_key(|(row, _)| {
-                (
-                    row.software_release.is_some(),
-                    row.software_type.is_some(),
-                )
-            })
+            .max_by_key(|(row, _)| (row.software_release.is_some(), row.software_type.is_some()))
             .map(|(_, (_, price))| *price)
     }
 }
@@ -248,7 +242,12 @@ pub struct Draft {
 }
 
 /// Groups records per owner and prices them into drafts for `month`.
-fn drafts(db: &mut dyn Db, pricing: &Pricing, month: Month, records: Vec<UsageRecord>) -> Result<Vec<Draft>> {
+fn drafts(
+    db: &mut dyn Db,
+    pricing: &Pricing,
+    month: Month,
+    records: Vec<UsageRecord>,
+) -> Result<Vec<Draft>> {
     type LineKey = (
         Option<i64>,
         Option<String>,
@@ -257,7 +256,9 @@ fn drafts(db: &mut dyn Db, pricing: &Pricing, month: Month, records: Vec<UsageRe
         Decimal,
     );
     let currency = pricing.currency().unwrap_or("EUR").to_string();
-    let mut per_user: BTreeMap<Option<i64>, (Vec<i64>, BTreeMap<LineKey, i128>)> = BTreeMap::new();
+    // Per owner: the records billed, and the raw quantity of each line.
+    type Lines = BTreeMap<LineKey, i128>;
+    let mut per_user: BTreeMap<Option<i64>, (Vec<i64>, Lines)> = BTreeMap::new();
     for record in records {
         let (ids, lines) = per_user.entry(record.user_id).or_default();
         ids.push(record.id);
@@ -300,7 +301,10 @@ fn drafts(db: &mut dyn Db, pricing: &Pricing, month: Month, records: Vec<UsageRe
                 amount: format_amount(line_amount),
             });
         }
-        let user = user_id.map(|id| b::user_name(db, id)).transpose()?.flatten();
+        let user = user_id
+            .map(|id| b::user_name(db, id))
+            .transpose()?
+            .flatten();
         out.push(Draft {
             user_id,
             user,
@@ -393,7 +397,12 @@ pub fn issue(db: &mut dyn Db, month: Month) -> Result<Vec<InvoiceRow>> {
 
 /// A credit note of `amount` against an issued invoice; the credits of an
 /// invoice never exceed its total.
-pub fn credit(db: &mut dyn Db, number: &str, amount_text: &str, reason: &str) -> Result<InvoiceRow> {
+pub fn credit(
+    db: &mut dyn Db,
+    number: &str,
+    amount_text: &str,
+    reason: &str,
+) -> Result<InvoiceRow> {
     let invoice = b::invoice_by_number(db, Scope::All, number)?
         .filter(|i| i.kind == "invoice")
         .ok_or_else(|| MasterError::NotFound(format!("No invoice {number}")))?;
@@ -493,7 +502,11 @@ pub fn invoice_view(db: &mut dyn Db, row: InvoiceRow, with_lines: bool) -> Resul
         .map(|c| c.number)
         .collect();
     Ok(InvoiceView {
-        user: row.user_id.map(|id| b::user_name(db, id)).transpose()?.flatten(),
+        user: row
+            .user_id
+            .map(|id| b::user_name(db, id))
+            .transpose()?
+            .flatten(),
         number: row.number,
         kind: row.kind,
         period: row.period,
@@ -579,20 +592,20 @@ pub fn revenue(db: &mut dyn Db, from: i64, to: i64) -> Result<Vec<RevenueRow>> {
     let mut sums: BTreeMap<(Option<String>, String), (Decimal, usize)> = BTreeMap::new();
     for (currency, _, line) in b::lines_issued_between(db, from, to)? {
         let value = Decimal::from_str(&line.amount).unwrap_or_default();
-        let entry = sums
-            .entry((line.software_release, currency))
-            .or_default();
+        let entry = sums.entry((line.software_release, currency)).or_default();
         entry.0 += value;
         entry.1 += 1;
     }
     let mut rows: Vec<RevenueRow> = sums
         .into_iter()
-        .map(|((software_release, currency), (amount, lines))| RevenueRow {
-            software_release,
-            currency,
-            amount: format_amount(amount),
-            lines,
-        })
+        .map(
+            |((software_release, currency), (amount, lines))| RevenueRow {
+                software_release,
+                currency,
+                amount: format_amount(amount),
+                lines,
+            },
+        )
         .collect();
     rows.sort_by(|a, b| {
         Decimal::from_str(&b.amount)
@@ -655,7 +668,12 @@ mod tests {
             amount(cpu, Resource::CpuHour, Decimal::from_str("0.10").unwrap()).to_string(),
             "0.15"
         );
-        assert!(amount(1, Resource::InstanceHour, Decimal::from_str("0.01").unwrap()).is_zero());
+        assert!(amount(
+            1,
+            Resource::InstanceHour,
+            Decimal::from_str("0.01").unwrap()
+        )
+        .is_zero());
         // 0.005 rounds away from zero.
         assert_eq!(
             format_amount(amount(

@@ -21,7 +21,10 @@ const POSTGRES: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/postgres/0003_usage_ledger.sql"),
     ),
-    (5, include_str!("../migrations/postgres/0005_accounting.sql")),
+    (
+        5,
+        include_str!("../migrations/postgres/0005_accounting.sql"),
+    ),
 ];
 
 /// Brings the schema up to date. Runs inside the caller's transaction on

@@ -320,8 +320,8 @@ pub async fn price_list(action: PriceListAction) -> Result<()> {
         PriceListAction::Add { file, db } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let input: PriceListInput =
-                toml::from_str(&text).with_context(|| format!("{} is not a price list", file.display()))?;
+            let input: PriceListInput = toml::from_str(&text)
+                .with_context(|| format!("{} is not a price list", file.display()))?;
             let store = open(&db).await?;
             let list = store
                 .write(move |db| billing::add_price_list(db, &input))
@@ -418,22 +418,32 @@ pub async fn master_invoice(action: MasterInvoiceAction) -> Result<()> {
     Ok(())
 }
 
-pub async fn revenue(from: Option<String>, to: Option<String>, json: bool, db: MasterDb) -> Result<()> {
-    let from = from.as_deref().map(parse_utc_date).transpose()?.unwrap_or(0);
+pub async fn revenue(
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+    db: MasterDb,
+) -> Result<()> {
+    let from = from
+        .as_deref()
+        .map(parse_utc_date)
+        .transpose()?
+        .unwrap_or(0);
     let to = to
         .as_deref()
         .map(parse_utc_date)
         .transpose()?
         .unwrap_or(i64::MAX);
     let store = open(&db).await?;
-    let rows = store
-        .read(move |db| billing::revenue(db, from, to))
-        .await?;
+    let rows = store.read(move |db| billing::revenue(db, from, to)).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:>14} {:<4} {:>6}  software release", "amount", "", "lines");
+    println!(
+        "{:>14} {:<4} {:>6}  software release",
+        "amount", "", "lines"
+    );
     for r in rows {
         println!(
             "{:>14} {:<4} {:>6}  {}",
