@@ -98,6 +98,9 @@ async fn index() -> Json<serde_json::Value> {
             "computers": "/api/v1/computers",
             "instances": "/api/v1/instances",
             "events": "/api/v1/events",
+            "usage": "/api/v1/usage",
+            "price_lists": "/api/v1/price-lists",
+            "invoices": "/api/v1/invoices",
         }
     }))
 }

@@ -263,6 +263,10 @@ async fn billing_story(server: &Server, database: &str) {
     assert!(out.contains("5 prices in EUR"), "{out}");
     let err = slapos_master(server, &["price-list", "add", file.to_str().unwrap()]).unwrap_err();
     assert!(err.contains("already exists"), "{err}");
+    let (_, spec) = get(server, "/api/v1/openapi.json", &bob).await;
+    for path in ["/api/v1/usage", "/api/v1/invoices/{number}", "/api/v1/revenue"] {
+        assert!(spec["paths"][path].is_object(), "{path} is documented");
+    }
     let (status, lists) = get(server, "/api/v1/price-lists", &bob).await;
     assert_eq!(status, 200);
     assert_eq!(lists[0]["prices"].as_array().unwrap().len(), 5, "{lists}");
