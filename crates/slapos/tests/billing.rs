@@ -264,7 +264,11 @@ async fn billing_story(server: &Server, database: &str) {
     let err = slapos_master(server, &["price-list", "add", file.to_str().unwrap()]).unwrap_err();
     assert!(err.contains("already exists"), "{err}");
     let (_, spec) = get(server, "/api/v1/openapi.json", &bob).await;
-    for path in ["/api/v1/usage", "/api/v1/invoices/{number}", "/api/v1/revenue"] {
+    for path in [
+        "/api/v1/usage",
+        "/api/v1/invoices/{number}",
+        "/api/v1/revenue",
+    ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
     let (status, lists) = get(server, "/api/v1/price-lists", &bob).await;
@@ -524,6 +528,45 @@ async fn billing_story(server: &Server, database: &str) {
         let (status, text) = call(server, method, &path, &bob, body).await;
         assert_eq!(status, 403, "{path}: {text}");
     }
+
+    // Alice's CLI: her usage, invoices and one invoice as text and CSV.
+    let cfg = dir.path().join("alice.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\nmaster_url = {}\napi_token = {alice}\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new(common::binary())
+            .args(args)
+            .arg("--cfg")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "slapos {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["invoice", "list"]);
+    for number in [&a_nov_number, &a_dec_number, &note_number] {
+        assert!(listed.contains(number.as_str()), "{listed}");
+    }
+    assert!(!listed.contains(&b_dec_number), "{listed}");
+    let shown = cli(&["invoice", "show", &a_dec_number]);
+    assert!(shown.contains(&total) && shown.contains("a-db"), "{shown}");
+    assert_eq!(cli(&["invoice", "show", &a_dec_number, "--csv"]), csv);
+    let usage = cli(&["usage", "--instance", "a-db", "--bucket", "hour"]);
+    assert!(usage.contains("2026-12-02 00:00:00"), "{usage}");
+    let records: Value = serde_json::from_str(&cli(&["usage", "--records"])).unwrap();
+    assert_eq!(records.as_array().unwrap().len(), 4, "{records}");
+    let drafts = cli(&["invoice", "draft", "--period", "2027-01"]);
+    assert!(drafts.contains("(draft)"), "{drafts}");
 
     // The provider's revenue: the invoices less the credit note.
     let out = slapos_master(server, &["revenue", "--json"]).unwrap();
