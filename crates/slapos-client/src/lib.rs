@@ -417,6 +417,53 @@ impl SlapClient {
         .await
     }
 
+    /// Usage per time bucket (`GET /api/v1/usage/summary`); `query` is the
+    /// URL-encoded filter (`tree=ID&from=...&bucket=86400`).
+    pub async fn usage_summary(&self, query: &str) -> Result<serde_json::Value> {
+        self.get_json(&format!("api/v1/usage/summary?{query}"))
+            .await
+    }
+
+    /// The ledger's records (`GET /api/v1/usage`).
+    pub async fn usage_records(&self, query: &str) -> Result<serde_json::Value> {
+        self.get_json(&format!("api/v1/usage?{query}")).await
+    }
+
+    /// Your invoices and credit notes, newest first.
+    pub async fn invoices(&self) -> Result<serde_json::Value> {
+        self.get_json("api/v1/invoices").await
+    }
+
+    /// One invoice with its lines.
+    pub async fn invoice(&self, number: &str) -> Result<serde_json::Value> {
+        self.get_json(&format!("api/v1/invoices/{}", encode_segment(number)))
+            .await
+    }
+
+    /// One invoice's lines as CSV.
+    pub async fn invoice_csv(&self, number: &str) -> Result<String> {
+        let url = self.url(&format!(
+            "api/v1/invoices/{}?format=csv",
+            encode_segment(number)
+        ));
+        let response = self.authorized(self.http.get(&url)).send().await;
+        self.check(&url, response).await
+    }
+
+    /// What this month's (or `period`'s) invoice would be today.
+    pub async fn invoice_drafts(&self, period: Option<&str>) -> Result<serde_json::Value> {
+        match period {
+            Some(p) => {
+                self.get_json(&format!(
+                    "api/v1/invoices/draft?period={}",
+                    encode_segment(p)
+                ))
+                .await
+            }
+            None => self.get_json("api/v1/invoices/draft").await,
+        }
+    }
+
     pub async fn list_computers(&self) -> Result<serde_json::Value> {
         self.get_json("api/v1/computers").await
     }
@@ -426,6 +473,12 @@ impl SlapClient {
         self.get_json(&format!("api/v1/computers/{}", encoded.replace('+', "%20")))
             .await
     }
+}
+
+/// A path segment or query value, percent-encoded.
+fn encode_segment(text: &str) -> String {
+    let encoded: String = form_urlencoded::byte_serialize(text.as_bytes()).collect();
+    encoded.replace('+', "%20")
 }
 
 fn first_line(body: &str) -> String {

@@ -1,6 +1,7 @@
 //! Domain model of slapos-rs: the vocabulary shared by the master, the node,
 //! the clients and the store. Pure types and validation, no IO, no wire format.
 
+pub mod billing;
 mod sla;
 mod state;
 mod validate;
@@ -28,16 +29,7 @@ pub fn now_micros() -> i64 {
 pub fn format_utc_micros(micros: i64) -> String {
     let secs = micros.div_euclid(1_000_000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to a civil date (proleptic Gregorian), after Howard Hinnant.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = billing::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
         rem / 3600,

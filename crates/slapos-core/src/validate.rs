@@ -15,6 +15,12 @@ pub struct InvalidInput {
     pub why: String,
 }
 
+impl InvalidInput {
+    pub fn new(what: &'static str, why: impl Into<String>) -> InvalidInput {
+        invalid(what, why)
+    }
+}
+
 fn invalid(what: &'static str, why: impl Into<String>) -> InvalidInput {
     InvalidInput {
         what,

@@ -79,9 +79,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-async fn read<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
+pub(crate) async fn read<T, F>(state: &AppState, job: F) -> Result<T, MasterError>
 where
     F: FnOnce(&mut dyn Db) -> Result<T, MasterError> + Send + 'static,
     T: Send + 'static,
@@ -98,6 +98,9 @@ async fn index() -> Json<serde_json::Value> {
             "computers": "/api/v1/computers",
             "instances": "/api/v1/instances",
             "events": "/api/v1/events",
+            "usage": "/api/v1/usage",
+            "price_lists": "/api/v1/price-lists",
+            "invoices": "/api/v1/invoices",
         }
     }))
 }

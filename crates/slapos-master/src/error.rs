@@ -11,13 +11,14 @@ pub enum MasterError {
     /// Malformed or invalid input.
     #[error("{0}")]
     BadRequest(String),
+    /// The caller may not do this (a user asking for the provider's books,
+    /// a computer certificate naming another computer, a user on a node's
+    /// route...).
+    #[error("{0}")]
+    Forbidden(String),
     /// The operation contradicts the current state.
     #[error("{0}")]
     Conflict(String),
-    /// The caller's credential does not allow this (a computer certificate
-    /// naming another computer, a user on a node's route...).
-    #[error("{0}")]
-    Forbidden(String),
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
 }
@@ -27,8 +28,8 @@ impl MasterError {
         match self {
             MasterError::NotFound(_) => 404,
             MasterError::BadRequest(_) => 400,
-            MasterError::Conflict(_) => 409,
             MasterError::Forbidden(_) => 403,
+            MasterError::Conflict(_) => 409,
             MasterError::Store(StoreError::Closed) => 503,
             MasterError::Store(_) => 500,
         }

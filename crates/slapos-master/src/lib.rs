@@ -3,7 +3,9 @@
 //! JSON API). `slapos proxy` and `slapos master` both run this crate.
 
 pub mod api;
+pub mod api_billing;
 pub mod auth;
+pub mod billing;
 pub mod engine;
 pub mod error;
 pub mod legacy;

@@ -127,6 +127,7 @@ pub fn router(state: AppState, config: &MasterConfig) -> Router {
     Router::new()
         .merge(crate::legacy::routes())
         .merge(crate::api::routes())
+        .merge(crate::api_billing::routes())
         .merge(match config.authentication {
             Authentication::Off => crate::web::routes(),
             // Accounts on: the dashboard would show every user's instances,

@@ -15,11 +15,13 @@
 //! Invariant: a write's result is handed back only after its transaction
 //! has committed.
 
+pub mod billing;
 mod db;
 mod postgres_backend;
 pub mod queries;
 mod schema;
 mod sqlite_backend;
+pub mod usage;
 
 pub use db::{Db, Dialect, Param, Row, Value};
 

@@ -1,5 +1,6 @@
 //! Append-only migrations, one folder per backend. Never edit a released
 //! migration: add the next one.
+//! Statements are split on `;`, so comments in a migration must not contain one.
 
 use crate::db::{Db, Dialect};
 use crate::StoreError;
@@ -8,16 +9,29 @@ const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_accounts.sql")),
     (
+        3,
+        include_str!("../migrations/sqlite/0003_usage_ledger.sql"),
+    ),
+    (
         4,
         include_str!("../migrations/sqlite/0004_certificates.sql"),
     ),
+    (5, include_str!("../migrations/sqlite/0005_accounting.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_accounts.sql")),
     (
+        3,
+        include_str!("../migrations/postgres/0003_usage_ledger.sql"),
+    ),
+    (
         4,
         include_str!("../migrations/postgres/0004_certificates.sql"),
+    ),
+    (
+        5,
+        include_str!("../migrations/postgres/0005_accounting.sql"),
     ),
 ];
 

@@ -123,6 +123,13 @@ enum Command {
         #[arg(long)]
         cfg: Option<PathBuf>,
     },
+    /// What your instances consumed (the master's usage ledger).
+    Usage(cmd::billing::UsageArgs),
+    /// Your invoices.
+    Invoice {
+        #[command(subcommand)]
+        action: cmd::billing::InvoiceAction,
+    },
     /// The software releases shipped with slapos-rs.
     Catalog {
         #[command(subcommand)]
@@ -200,6 +207,28 @@ enum MasterAction {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Price lists (per resource, release and type, with validity dates).
+    PriceList {
+        #[command(subcommand)]
+        action: cmd::billing::PriceListAction,
+    },
+    /// Issue invoices and credit notes.
+    Invoice {
+        #[command(subcommand)]
+        action: cmd::billing::MasterInvoiceAction,
+    },
+    /// Revenue per software release over issued invoices.
+    Revenue {
+        /// `YYYY-MM-DD` (UTC): invoices issued from then.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: MasterDb,
     },
     /// The master's certificate authority (HTTPS, client certificates).
     Ca {
@@ -282,7 +311,7 @@ enum CertificateAction {
 
 /// Where the master's database is: its configuration, or the URI itself.
 #[derive(clap::Args)]
-struct MasterDb {
+pub struct MasterDb {
     #[arg(long)]
     cfg: Option<PathBuf>,
     /// A file path (SQLite) or postgresql://... URL.
@@ -519,6 +548,8 @@ async fn run(command: Command) -> Result<i32> {
             .await?;
         }
         Command::Console { script, cfg } => return cmd::console::run(cfg, script).await,
+        Command::Usage(args) => cmd::billing::usage(args).await?,
+        Command::Invoice { action } => cmd::billing::invoice(action).await?,
         Command::Catalog {
             action: CatalogAction::List { json, data_dir },
         } => {

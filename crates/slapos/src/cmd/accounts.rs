@@ -14,7 +14,7 @@ use crate::{
     UserAction,
 };
 
-async fn open(db: &MasterDb) -> Result<Store> {
+pub(crate) async fn open(db: &MasterDb) -> Result<Store> {
     let uri = match &db.database_uri {
         Some(uri) => uri.clone(),
         None => {
@@ -147,6 +147,11 @@ async fn issue(
 
 pub async fn run(action: MasterAction) -> Result<i32> {
     match action {
+        MasterAction::PriceList { action } => crate::cmd::billing::price_list(action).await?,
+        MasterAction::Invoice { action } => crate::cmd::billing::master_invoice(action).await?,
+        MasterAction::Revenue { from, to, json, db } => {
+            crate::cmd::billing::revenue(from, to, json, db).await?
+        }
         MasterAction::Ca {
             action: CaAction::Init { cfg },
         } => {

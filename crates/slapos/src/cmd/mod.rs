@@ -1,4 +1,5 @@
 pub mod accounts;
+pub mod billing;
 pub mod client;
 pub mod console;
 pub mod node;
