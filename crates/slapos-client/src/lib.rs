@@ -173,7 +173,8 @@ impl SlapClient {
 
     /// Uses a `slapos master` API token (`[slapos] api_token`): listings
     /// send it, and requests and supplies use the JSON API, whose instances
-    /// belong to the token's user (the legacy protocol has no users yet).
+    /// belong to the token's user (a client certificate, see [`TlsSettings`],
+    /// names the user on the legacy protocol too).
     pub fn with_api_token(mut self, token: Option<String>) -> SlapClient {
         self.api_token = token.filter(|t| !t.trim().is_empty());
         self
