@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use common::money::{self, cents};
 use common::{computer_xml, form, PgDatabase, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -169,28 +170,9 @@ fn expected_cents(uses: &[&Use]) -> i128 {
     }
     raw.into_iter()
         .map(|((_, release, resource), q)| {
-            let per_unit: i128 = match resource {
-                "instance_hour" => 3_600,
-                "cpu_hour" => 3_600_000_000,
-                "memory_gb_hour" => 3_600_000_000_000,
-                _ => 1_000_000_000 * 730 * 3_600,
-            };
-            // cents = q × price_e4 / per_unit / 100, rounded half up.
-            let num = q * price_e4(Some(release), resource);
-            let den = per_unit * 100;
-            (2 * num + den) / (2 * den)
+            money::line_cents(q, resource, price_e4(Some(release), resource))
         })
         .sum()
-}
-
-fn cents(amount: &Value) -> i128 {
-    let text = amount
-        .as_str()
-        .unwrap_or_else(|| panic!("an amount: {amount}"));
-    let (units, frac) = text.split_once('.').expect("two decimals");
-    assert_eq!(frac.len(), 2, "{text}");
-    let sign = if units.starts_with('-') { -1 } else { 1 };
-    units.parse::<i128>().unwrap() * 100 + sign * frac.parse::<i128>().unwrap()
 }
 
 async fn billing_story(server: &Server, database: &str) {

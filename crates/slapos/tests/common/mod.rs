@@ -293,3 +293,4 @@ pub const EMPTY_DICT: &str = "<marshal><dictionary id=\"i2\"/></marshal>";
 /// Helpers of the end-to-end node tests (real daemons, processes, netns).
 pub mod cluster;
 pub mod e2e;
+pub mod money;
