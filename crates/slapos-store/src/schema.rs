@@ -13,6 +13,10 @@ const SQLITE: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0003_usage_ledger.sql"),
     ),
     (5, include_str!("../migrations/sqlite/0005_accounting.sql")),
+    (
+        6,
+        include_str!("../migrations/sqlite/0006_web_sessions.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -24,6 +28,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         5,
         include_str!("../migrations/postgres/0005_accounting.sql"),
+    ),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_web_sessions.sql"),
     ),
 ];
 
