@@ -134,6 +134,12 @@ async fn pages_render_escape_user_strings_and_carry_safe_headers() {
         "/computers".to_string(),
         "/computers/COMP-WEB".to_string(),
         "/software".to_string(),
+        // Accounting: without accounts the viewer is the provider.
+        "/usage".to_string(),
+        format!("/usage?tree={id}&from=2026-01-01&to=2026-02-01&bucket=day"),
+        "/usage?computer=COMP-WEB".to_string(),
+        "/invoices".to_string(),
+        "/revenue?from=2026-01-01".to_string(),
     ] {
         let (status, headers, body) = d.get(&path).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -165,6 +171,9 @@ async fn pages_render_escape_user_strings_and_carry_safe_headers() {
         "/computers/NOPE",
         "/instances/abc",
         "/static/..%2Fmod.rs",
+        "/invoices/INV-2026-01-U9",
+        "/usage?tree=999999",
+        "/usage?from=yesterday",
     ] {
         let (status, _, body) = d.get(path).await;
         assert!(status == 404 || status == 400, "{path}: {status} {body}");
