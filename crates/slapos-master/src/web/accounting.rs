@@ -100,8 +100,8 @@ pub async fn usage(
         Ok((records, tree_title, super::pages::recent_events(db, scope)?))
     })
     .await?;
-    let buckets = billing::buckets(&records, if daily { 86_400 } else { 3_600 });
-    let charts = charts::usage_charts(&buckets, daily);
+    let bucket_seconds = if daily { 86_400 } else { 3_600 };
+    let buckets = billing::buckets(&records, bucket_seconds);
     let rows: Vec<_> = buckets
         .iter()
         .map(|b| {
@@ -115,6 +115,8 @@ pub async fn usage(
             }
         })
         .collect();
+    // The table lists what was recorded; the charts' axis is time.
+    let charts = charts::usage_charts(&charts::fill_gaps(buckets, bucket_seconds), daily);
     let heading = match (&tree_title, &computer) {
         (Some(title), _) => format!("Usage of {title}"),
         (None, Some(c)) => format!("Usage on computer {c}"),

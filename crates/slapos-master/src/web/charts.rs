@@ -116,6 +116,40 @@ fn chart(
     }
 }
 
+/// Most buckets a chart fills in: beyond, empty buckets are left out.
+const MAX_FILLED_BUCKETS: i64 = 2_000;
+
+/// The buckets from the first to the last, with zeros where nothing was
+/// recorded, so that the bars' spacing is time (when that stays small).
+pub fn fill_gaps(buckets: Vec<UsageBucket>, bucket_seconds: i64) -> Vec<UsageBucket> {
+    let width = bucket_seconds.max(1) * 1_000_000;
+    let (Some(first), Some(last)) = (buckets.first(), buckets.last()) else {
+        return buckets;
+    };
+    let (first, last) = (first.start, last.start);
+    if (last - first) / width >= MAX_FILLED_BUCKETS {
+        return buckets;
+    }
+    let mut present = buckets.into_iter().peekable();
+    let mut out = Vec::new();
+    let mut start = first;
+    while start <= last {
+        match present.next_if(|b| b.start == start) {
+            Some(b) => out.push(b),
+            None => out.push(UsageBucket {
+                start,
+                cpu_hours: 0.0,
+                memory_gb_hours: 0.0,
+                disk_gb_months: 0.0,
+                instance_hours: 0.0,
+                records: 0,
+            }),
+        }
+        start += width;
+    }
+    out
+}
+
 /// The four charts of the usage page, in the order of the price lists'
 /// resources.
 pub fn usage_charts(buckets: &[UsageBucket], daily: bool) -> Vec<Chart> {
@@ -160,10 +194,14 @@ mod tests {
             instance_hours: 0.0,
             records: 1,
         };
-        let charts = usage_charts(&[bucket(0, 1.0), bucket(3_600_000_000, 2.0)], false);
+        let buckets = fill_gaps(vec![bucket(0, 1.0), bucket(7_200_000_000, 2.0)], 3600);
+        assert_eq!(buckets.len(), 3, "the empty hour between is a zero bar");
+        assert_eq!(buckets[1].records, 0);
+        let charts = usage_charts(&buckets, false);
         let cpu = &charts[0];
-        assert_eq!(cpu.bars.len(), 2);
-        assert_eq!(cpu.bars[1].height, format!("{:.2}", HEIGHT - BOTTOM - TOP));
+        assert_eq!(cpu.bars.len(), 3);
+        assert_eq!(cpu.bars[1].height, "0.00");
+        assert_eq!(cpu.bars[2].height, format!("{:.2}", HEIGHT - BOTTOM - TOP));
         assert_eq!(cpu.total, "3");
         assert_eq!(cpu.max, "2");
     }
