@@ -25,6 +25,8 @@ const DAY_MICROS: i64 = 86_400_000_000;
 const DEFAULT_RANGE_DAYS: i64 = 30;
 /// Up to three days of usage is shown per hour, longer ranges per day.
 const HOURLY_UP_TO_DAYS: i64 = 3;
+/// Most ledger records one page sums (the page says when it stops there).
+const MAX_RECORDS: i64 = 100_000;
 
 /// An empty form field counts as absent.
 fn given(value: &Option<String>) -> Option<&str> {
@@ -88,7 +90,7 @@ pub async fn usage(
     };
     let scope = viewer.scope;
     let (records, tree_title, events) = super::pages::read(&state, move |db| {
-        let records = query_usage(db, scope, &usage_query, 100_000)?;
+        let records = query_usage(db, scope, &usage_query, MAX_RECORDS)?;
         let tree_title = match tree {
             Some(id) => Some(
                 q::instance_by_id_in(db, scope, id)?
@@ -137,6 +139,7 @@ pub async fn usage(
             charts,
             rows,
             records => records.len(),
+            truncated => records.len() as i64 >= MAX_RECORDS,
             events,
         },
     )
