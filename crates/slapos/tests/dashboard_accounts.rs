@@ -324,6 +324,7 @@ async fn dashboard_story(server: &Server, database: &str) {
         format!("/instances/{b_db}/destroy"),
         "/instances/999999".to_string(),
         format!("/usage?tree={b_db}"),
+        format!("/usage?instance={b_db}"),
     ] {
         let (status, _, body) = a.get(&path).await;
         assert_eq!(status, 404, "{path}: {body}");
@@ -424,6 +425,13 @@ async fn dashboard_story(server: &Server, database: &str) {
     let (status, _, body) = a
         .get(&format!(
             "/usage?tree={a_web}&from=2026-11-01&to=2026-12-01"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Usage of alice-web") && body.contains("3 usage records"));
+    let (status, _, body) = a
+        .get(&format!(
+            "/usage?instance={a_web}&from=2026-11-01&to=2026-12-01"
         ))
         .await;
     assert_eq!(status, 200);

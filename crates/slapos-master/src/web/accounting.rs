@@ -35,6 +35,9 @@ fn given(value: &Option<String>) -> Option<&str> {
 
 #[derive(Deserialize, Default)]
 pub struct UsagePageQuery {
+    /// An instance id: its own usage.
+    instance: Option<String>,
+    /// An instance id: the usage of its whole tree.
     tree: Option<String>,
     computer: Option<String>,
     from: Option<String>,
@@ -44,20 +47,25 @@ pub struct UsagePageQuery {
 }
 
 /// Usage over time, as charts and a table: everything the viewer may see,
-/// one instance tree (`?tree=ID`) or one computer (`?computer=REF`).
+/// one instance (`?instance=ID`), its tree (`?tree=ID`) or one computer
+/// (`?computer=REF`).
 pub async fn usage(
     State(state): State<AppState>,
     csrf: CsrfToken,
     viewer: Viewer,
     Query(query): Query<UsagePageQuery>,
 ) -> PageResult {
-    let tree = given(&query.tree)
-        .map(|t| {
-            t.parse::<i64>().map_err(|_| {
-                MasterError::BadRequest(format!("tree {t:?}: expected an instance id"))
+    let instance_id = |name: &str, value: &Option<String>| {
+        given(value)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    MasterError::BadRequest(format!("{name} {v:?}: expected an instance id"))
+                })
             })
-        })
-        .transpose()?;
+            .transpose()
+    };
+    let instance = instance_id("instance", &query.instance)?;
+    let tree = instance_id("tree", &query.tree)?;
     let computer = given(&query.computer).map(str::to_string);
     let to = given(&query.to)
         .map(parse_utc_date)
@@ -82,6 +90,7 @@ pub async fn usage(
         None => span > HOURLY_UP_TO_DAYS * DAY_MICROS,
     };
     let usage_query = UsageQuery {
+        instance,
         tree,
         computer: computer.clone(),
         from: Some(slapos_core::format_utc_micros(from)),
@@ -91,7 +100,7 @@ pub async fn usage(
     let scope = viewer.scope;
     let (records, tree_title, events) = super::pages::read(&state, move |db| {
         let records = query_usage(db, scope, &usage_query, MAX_RECORDS)?;
-        let tree_title = match tree {
+        let tree_title = match instance.or(tree) {
             Some(id) => Some(
                 q::instance_by_id_in(db, scope, id)?
                     .map(|i| i.title)
@@ -131,6 +140,7 @@ pub async fn usage(
         context! {
             title => heading,
             nav => "usage",
+            instance,
             tree,
             computer,
             from => slapos_core::format_utc_micros(from).chars().take(10).collect::<String>(),
