@@ -128,14 +128,9 @@ pub fn router(state: AppState, config: &MasterConfig) -> Router {
         .merge(crate::legacy::routes())
         .merge(crate::api::routes())
         .merge(crate::api_billing::routes())
-        .merge(match config.authentication {
-            Authentication::Off => crate::web::routes(),
-            // Accounts on: the dashboard would show every user's instances,
-            // so it refuses until it has a login page.
-            Authentication::Token => crate::web::routes().route_layer(axum::middleware::from_fn(
-                |_: axum::extract::Request, _: axum::middleware::Next| dashboard_refused(),
-            )),
-        })
+        // With accounts on, its pages ask for a login and run in the user's
+        // scope (web::Viewer).
+        .merge(crate::web::routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -144,23 +139,6 @@ pub fn router(state: AppState, config: &MasterConfig) -> Router {
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
-}
-
-async fn dashboard_refused() -> axum::response::Response {
-    use axum::response::IntoResponse;
-    (
-        StatusCode::UNAUTHORIZED,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/html; charset=utf-8",
-        )],
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>401 Unauthorized - SlapOS</title></head>\
-<body><h1>401 Unauthorized</h1><p>This master has accounts enabled \
-(<code>[slapmaster] authentication = token</code>) and its dashboard has no login page yet, \
-so it is not served. Use the JSON API under <code>/api/v1</code> with \
-<code>Authorization: Bearer &lt;token&gt;</code>.</p></body></html>",
-    )
-        .into_response()
 }
 
 /// Serves until `shutdown` resolves; in-flight requests are finished first.

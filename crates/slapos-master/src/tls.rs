@@ -106,6 +106,8 @@ impl Listener for TlsListener {
 pub struct Peer {
     pub addr: SocketAddr,
     pub certificate: Option<String>,
+    /// Whether the connection is HTTPS (cookies are then marked `Secure`).
+    pub tls: bool,
 }
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
@@ -117,6 +119,7 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|leaf| crate::pki::fingerprint(leaf)),
+            tls: true,
         }
     }
 }
@@ -126,6 +129,7 @@ impl Connected<IncomingStream<'_, TcpListener>> for Peer {
         Peer {
             addr: *stream.remote_addr(),
             certificate: None,
+            tls: false,
         }
     }
 }

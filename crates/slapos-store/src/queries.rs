@@ -355,9 +355,18 @@ pub fn software_of_in(db: &mut dyn Db, scope: Scope, computer_id: i64) -> Result
 }
 
 pub fn software_everywhere(db: &mut dyn Db) -> Result<Vec<(String, SoftwareRow)>> {
-    let sql = "SELECT c.reference, s.computer_id, s.url, s.requested_state, s.reported_state, s.error_log, s.supply_seq, s.updated_at \
-               FROM software_installation s JOIN computer c ON c.id = s.computer_id ORDER BY c.reference, s.supply_seq";
-    db.query(sql, &[])?
+    software_everywhere_in(db, Scope::All)
+}
+
+/// Every supply the scope may see, with its computer's reference.
+pub fn software_everywhere_in(db: &mut dyn Db, scope: Scope) -> Result<Vec<(String, SoftwareRow)>> {
+    let (filter, owner) = scope.filter("s.user_id", 1);
+    let sql = format!(
+        "SELECT c.reference, s.computer_id, s.url, s.requested_state, s.reported_state, s.error_log, s.supply_seq, s.updated_at \
+         FROM software_installation s JOIN computer c ON c.id = s.computer_id WHERE 1 = 1{filter} ORDER BY c.reference, s.supply_seq"
+    );
+    let params: Vec<Param<'_>> = owner.map(Param::from).into_iter().collect();
+    db.query(&sql, &params)?
         .iter()
         .map(|r| {
             let rest = Row(r.0[1..].to_vec());
@@ -820,20 +829,33 @@ pub fn search_instances(
     before_id: i64,
     limit: i64,
 ) -> Result<Vec<LocatedInstance>> {
+    search_instances_in(db, Scope::All, filter, before_id, limit)
+}
+
+/// [`search_instances`] among the instances the scope may see.
+pub fn search_instances_in(
+    db: &mut dyn Db,
+    scope: Scope,
+    filter: &InstanceFilter,
+    before_id: i64,
+    limit: i64,
+) -> Result<Vec<LocatedInstance>> {
     let (clause, texts) = filter_clause(filter);
     let n = texts.len();
+    let (owner_filter, owner) = scope.filter("i.user_id", n + 3);
     let sql = format!(
         "SELECT {INSTANCE_COLUMNS}, c.reference, p.reference FROM instance i \
          LEFT JOIN instance h ON h.id = i.host_id \
          LEFT JOIN partition p ON p.id = COALESCE(i.partition_id, h.partition_id) \
          LEFT JOIN computer c ON c.id = p.computer_id \
-         WHERE {clause} AND i.id < ${} ORDER BY i.id DESC LIMIT ${}",
+         WHERE {clause}{owner_filter} AND i.id < ${} ORDER BY i.id DESC LIMIT ${}",
         n + 1,
         n + 2
     );
     let mut params: Vec<Param<'_>> = texts.iter().map(Param::from).collect();
     params.push(before_id.into());
     params.push(limit.into());
+    params.extend(owner.map(Param::from));
     db.query(&sql, &params)?
         .iter()
         .map(|r| {
@@ -847,10 +869,17 @@ pub fn search_instances(
 }
 
 pub fn count_instances(db: &mut dyn Db, filter: &InstanceFilter) -> Result<i64> {
+    count_instances_in(db, Scope::All, filter)
+}
+
+/// [`count_instances`] among the instances the scope may see.
+pub fn count_instances_in(db: &mut dyn Db, scope: Scope, filter: &InstanceFilter) -> Result<i64> {
     let (clause, texts) = filter_clause(filter);
-    let params: Vec<Param<'_>> = texts.iter().map(Param::from).collect();
+    let (owner_filter, owner) = scope.filter("i.user_id", texts.len() + 1);
+    let mut params: Vec<Param<'_>> = texts.iter().map(Param::from).collect();
+    params.extend(owner.map(Param::from));
     db.query_opt(
-        &format!("SELECT COUNT(*) FROM instance i WHERE {clause}"),
+        &format!("SELECT COUNT(*) FROM instance i WHERE {clause}{owner_filter}"),
         &params,
     )?
     .map(|r| r.int(0))
@@ -863,6 +892,27 @@ pub fn events_after(db: &mut dyn Db, after_id: i64, limit: i64) -> Result<Vec<Ev
     db.query(
         "SELECT id, at, kind, computer, partition, instance_id, message FROM event WHERE id > $1 ORDER BY id LIMIT $2",
         &[after_id.into(), limit.into()],
+    )?
+    .iter()
+    .map(event_from)
+    .collect()
+}
+
+/// [`events_after`] of the instances the scope may see (a user's live feed).
+pub fn events_after_in(
+    db: &mut dyn Db,
+    scope: Scope,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    let Scope::User(user) = scope else {
+        return events_after(db, after_id, limit);
+    };
+    db.query(
+        "SELECT e.id, e.at, e.kind, e.computer, e.partition, e.instance_id, e.message FROM event e \
+         JOIN instance i ON i.id = e.instance_id \
+         WHERE i.user_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
+        &[user.into(), after_id.into(), limit.into()],
     )?
     .iter()
     .map(event_from)
@@ -1256,4 +1306,53 @@ pub fn revoke_certificates(
         ),
         &[now.into(), value],
     )? as usize)
+}
+
+// ---------------------------------------------------------------- dashboard sessions
+
+/// Opens a dashboard session, stored by the hash of its id, tied to the
+/// token it was opened with.
+pub fn insert_web_session(
+    db: &mut dyn Db,
+    session_hash: &str,
+    user_id: i64,
+    token_hash: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<()> {
+    // Expired sessions are dropped as new ones open: the table stays small.
+    db.execute(
+        "DELETE FROM web_session WHERE expires_at <= $1",
+        &[now.into()],
+    )?;
+    db.execute(
+        "INSERT INTO web_session (session_hash, user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        &[session_hash.into(), user_id.into(), token_hash.into(), now.into(), expires_at.into()],
+    )?;
+    Ok(())
+}
+
+/// The user (id and name) of a live session: not expired, and opened with a
+/// token that is not revoked.
+pub fn web_session_user(
+    db: &mut dyn Db,
+    session_hash: &str,
+    now: i64,
+) -> Result<Option<(i64, String)>> {
+    db.query_opt(
+        "SELECT u.id, u.name FROM web_session s JOIN api_token t ON t.token_hash = s.token_hash \
+         JOIN \"user\" u ON u.id = s.user_id \
+         WHERE s.session_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
+        &[session_hash.into(), now.into()],
+    )?
+    .map(|r| Ok((r.int(0)?, r.text(1)?)))
+    .transpose()
+}
+
+/// Ends a session (logout); false if there was none.
+pub fn delete_web_session(db: &mut dyn Db, session_hash: &str) -> Result<bool> {
+    Ok(db.execute(
+        "DELETE FROM web_session WHERE session_hash = $1",
+        &[session_hash.into()],
+    )? > 0)
 }

@@ -17,6 +17,10 @@ const SQLITE: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0004_certificates.sql"),
     ),
     (5, include_str!("../migrations/sqlite/0005_accounting.sql")),
+    (
+        6,
+        include_str!("../migrations/sqlite/0006_web_sessions.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -32,6 +36,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         5,
         include_str!("../migrations/postgres/0005_accounting.sql"),
+    ),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_web_sessions.sql"),
     ),
 ];
 

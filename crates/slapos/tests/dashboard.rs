@@ -134,6 +134,12 @@ async fn pages_render_escape_user_strings_and_carry_safe_headers() {
         "/computers".to_string(),
         "/computers/COMP-WEB".to_string(),
         "/software".to_string(),
+        // Accounting: without accounts the viewer is the provider.
+        "/usage".to_string(),
+        format!("/usage?tree={id}&from=2026-01-01&to=2026-02-01&bucket=day"),
+        "/usage?computer=COMP-WEB".to_string(),
+        "/invoices".to_string(),
+        "/revenue?from=2026-01-01".to_string(),
     ] {
         let (status, headers, body) = d.get(&path).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -165,6 +171,9 @@ async fn pages_render_escape_user_strings_and_carry_safe_headers() {
         "/computers/NOPE",
         "/instances/abc",
         "/static/..%2Fmod.rs",
+        "/invoices/INV-2026-01-U9",
+        "/usage?tree=999999",
+        "/usage?from=yesterday",
     ] {
         let (status, _, body) = d.get(path).await;
         assert!(status == 404 || status == 400, "{path}: {status} {body}");
@@ -371,4 +380,119 @@ async fn supply_and_remove_from_the_computer_page() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("software release URL"), "{body}");
+}
+
+/// The accounting pages as the provider sees them (no accounts): usage
+/// charts of the ledger, the issued invoice with its CSV, the revenue per
+/// release. User strings (the instance's title) stay text there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_pages_for_the_provider() {
+    let (server, d, id) = setup("COMP-ACC").await;
+    let database = server.dir.path().join("proxy.db");
+    let uri = database.to_str().unwrap().to_string();
+    let store = slapos_store::Store::open(&uri, &slapos_store::StoreOptions::default()).unwrap();
+    let release = "https://example.org/sr/software.cfg";
+    store
+        .write(move |db| {
+            let computer = slapos_store::queries::computer_by_reference(db, "COMP-ACC")?
+                .unwrap()
+                .id;
+            // Two days of usage, 2026-11-02 and 2026-11-04: the day between
+            // is an empty bar.
+            for (n, day) in ["2026-11-02T08:00:00Z", "2026-11-04T08:00:00Z"]
+                .into_iter()
+                .enumerate()
+            {
+                let start = slapos_core::billing::parse_utc_date(day).unwrap();
+                slapos_store::usage::insert_usage_record(
+                    db,
+                    &slapos_store::usage::NewUsageRecord {
+                        computer_id: computer,
+                        report_id: &format!("r{n}"),
+                        partition_reference: "slappart0",
+                        instance_id: Some(id),
+                        user_id: None,
+                        tree_id: Some(id),
+                        software_release: Some(release),
+                        software_type: Some("default"),
+                        period_start: start,
+                        period_end: start + 3_600_000_000,
+                        cpu_micros: 3_600_000_000,
+                        memory_byte_seconds: 1_000_000_000 * 3600,
+                        disk_byte_seconds: 0,
+                        running_seconds: 3600,
+                    },
+                    slapos_core::now_micros(),
+                )?;
+            }
+            Ok::<_, slapos_store::StoreError>(())
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "name = \"p\"\ncurrency = \"EUR\"\nvalid_from = \"2026-01-01\"\n\
+         [[price]]\nresource = \"cpu_hour\"\nunit_price = \"0.50\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["price-list", "add", prices.to_str().unwrap()],
+        vec!["invoice", "issue", "--period", "2026-11"],
+    ] {
+        let out = std::process::Command::new(common::binary())
+            .arg("master")
+            .args(&args)
+            .arg("--cfg")
+            .arg(server.cfg())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let (status, _, body) = d
+        .get(&format!(
+            "/usage?tree={id}&from=2026-11-01&to=2026-12-01&bucket=day"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("<script>alert"));
+    assert!(body.contains("Usage of &lt;script&gt;"), "{body}");
+    assert_eq!(body.matches(r#"<rect class="bar""#).count(), 4 * 3);
+    assert!(body.contains("2 CPU-hours in all"), "{body}");
+    assert!(!body.contains("style="), "no inline style (CSP)");
+
+    let number = "INV-2026-11-U0";
+    let (status, _, body) = d.get("/invoices").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(number), "{body}");
+    let (status, _, body) = d.get(&format!("/invoices/{number}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("1.00 EUR") && body.contains("&lt;script&gt;"),
+        "{body}"
+    );
+    let (status, headers, csv) = d.get(&format!("/invoices/{number}/csv")).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("INV-2026-11-U0.csv"));
+    assert!(csv.contains("\"1.00\""), "{csv}");
+
+    let (status, _, body) = d.get("/revenue?from=2026-11-01").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("1.00 EUR") && body.contains(&release.replace('/', "&#x2f;")),
+        "{body}"
+    );
+    let (status, _, body) = d.get("/revenue?from=2027-01-01").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("No invoice issued in this range"));
 }

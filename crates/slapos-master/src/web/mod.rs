@@ -4,8 +4,11 @@
 //! cross-site forgery, and every user string goes through the templates'
 //! HTML escaping.
 
+mod accounting;
+mod charts;
 mod csrf;
 mod pages;
+mod session;
 mod view;
 
 use std::sync::LazyLock;
@@ -20,6 +23,7 @@ use crate::error::MasterError;
 use crate::server::AppState;
 
 pub use csrf::CsrfToken;
+pub use session::Viewer;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -37,6 +41,13 @@ pub fn routes() -> Router<AppState> {
         .route("/computers/{reference}/software", post(pages::supply))
         .route("/software", get(pages::software))
         .route("/events/stream", get(pages::event_stream))
+        .route("/usage", get(accounting::usage))
+        .route("/invoices", get(accounting::invoices))
+        .route("/invoices/{number}", get(accounting::invoice))
+        .route("/invoices/{number}/csv", get(accounting::invoice_csv))
+        .route("/revenue", get(accounting::revenue))
+        .route("/login", get(session::login_form).post(session::login))
+        .route("/logout", post(session::logout))
         .route("/static/{file}", get(static_file))
 }
 
@@ -54,6 +65,11 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("computer.html", include_str!("templates/computer.html")),
         ("software.html", include_str!("templates/software.html")),
         ("error.html", include_str!("templates/error.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("usage.html", include_str!("templates/usage.html")),
+        ("invoices.html", include_str!("templates/invoices.html")),
+        ("invoice.html", include_str!("templates/invoice.html")),
+        ("revenue.html", include_str!("templates/revenue.html")),
     ] {
         env.add_template(name, source)
             .unwrap_or_else(|e| panic!("template {name} does not compile: {e}"));
@@ -69,8 +85,20 @@ pub struct Page {
 }
 
 impl Page {
-    fn render(template: &str, csrf: &CsrfToken, ctx: minijinja::Value) -> Result<Page, WebError> {
-        let ctx = minijinja::context! { csrf => csrf.token, ..ctx };
+    fn render(
+        template: &str,
+        csrf: &CsrfToken,
+        viewer: &Viewer,
+        ctx: minijinja::Value,
+    ) -> Result<Page, WebError> {
+        // Every page's header names the logged-in user and shows the
+        // provider's links only to the provider.
+        let ctx = minijinja::context! {
+            csrf => csrf.token,
+            user => viewer.user,
+            provider => viewer.is_provider(),
+            ..ctx
+        };
         let html = TEMPLATES
             .get_template(template)
             .and_then(|t| t.render(ctx))

@@ -19,11 +19,11 @@ use slapos_core::{
 };
 use slapos_proto::marshal::Value;
 use slapos_proto::params::xml2dict;
-use slapos_store::queries::{self as q, InstanceFilter};
+use slapos_store::queries::{self as q, InstanceFilter, Scope};
 use slapos_store::Db;
 
 use super::view::{self, EventItem, InstanceItem, InstanceLink};
-use super::{csrf, CsrfToken, Page, WebError};
+use super::{csrf, CsrfToken, Page, Viewer, WebError};
 use crate::api::{instance_json, json_to_value, perform_request};
 use crate::engine::{self, RequestInput, Requester};
 use crate::error::MasterError;
@@ -34,7 +34,7 @@ type PageResult = Result<Page, WebError>;
 const PAGE_SIZE: i64 = 50;
 const SIDEBAR_EVENTS: i64 = 8;
 
-async fn read<T, F>(state: &AppState, job: F) -> Result<T, WebError>
+pub(super) async fn read<T, F>(state: &AppState, job: F) -> Result<T, WebError>
 where
     F: FnOnce(&mut dyn Db) -> Result<T, MasterError> + Send + 'static,
     T: Send + 'static,
@@ -42,11 +42,14 @@ where
     Ok(state.store.read(job).await?)
 }
 
-fn recent_events(db: &mut dyn Db) -> Result<Vec<EventItem>, MasterError> {
-    Ok(q::list_events(db, None, i64::MAX, SIDEBAR_EVENTS)?
-        .into_iter()
-        .map(EventItem::from)
-        .collect())
+/// The sidebar's last events: a user sees only their instances' events.
+pub(super) fn recent_events(db: &mut dyn Db, scope: Scope) -> Result<Vec<EventItem>, MasterError> {
+    Ok(
+        q::list_events_in(db, scope, None, i64::MAX, SIDEBAR_EVENTS)?
+            .into_iter()
+            .map(EventItem::from)
+            .collect(),
+    )
 }
 
 // ------------------------------------------------------------------ instances
@@ -67,6 +70,7 @@ pub struct ListQuery {
 pub async fn instances(
     State(state): State<AppState>,
     csrf: CsrfToken,
+    viewer: Viewer,
     Query(query): Query<ListQuery>,
     uri: axum::http::Uri,
 ) -> PageResult {
@@ -76,10 +80,11 @@ pub async fn instances(
         roots_only: query.roots.as_deref() == Some("1"),
     };
     let before = query.before.unwrap_or(i64::MAX);
+    let scope = viewer.scope;
     let (rows, total, events) = read(&state, move |db| {
-        let recent = recent_events(db)?;
-        let rows = q::search_instances(db, &filter, before, PAGE_SIZE + 1)?;
-        let total = q::count_instances(db, &filter)?;
+        let recent = recent_events(db, scope)?;
+        let rows = q::search_instances_in(db, scope, &filter, before, PAGE_SIZE + 1)?;
+        let total = q::count_instances_in(db, scope, &filter)?;
         Ok((rows, total, recent))
     })
     .await?;
@@ -118,6 +123,7 @@ pub async fn instances(
     Page::render(
         "instances.html",
         &csrf,
+        &viewer,
         context! {
             title => "Instances",
             nav => "instances",
@@ -184,18 +190,21 @@ async fn promise_results(
 pub async fn instance(
     State(state): State<AppState>,
     csrf: CsrfToken,
+    viewer: Viewer,
     Path(id): Path<i64>,
 ) -> PageResult {
+    let scope = viewer.scope;
     let (row, json, tree, events, recent) = read(&state, move |db| {
-        let recent = recent_events(db)?;
-        let row = q::instance_by_id(db, id)?.ok_or_else(|| {
+        let recent = recent_events(db, scope)?;
+        // Another user's instance is as missing as one that never existed.
+        let row = q::instance_by_id_in(db, scope, id)?.ok_or_else(|| {
             MasterError::NotFound(format!(
                 "No instance {id}: it never existed or was destroyed"
             ))
         })?;
         let link = |db: &mut dyn Db, id: Option<i64>| -> Result<Option<InstanceLink>, MasterError> {
             Ok(id
-                .map(|id| q::instance_by_id(db, id))
+                .map(|id| q::instance_by_id_in(db, scope, id))
                 .transpose()?
                 .flatten()
                 .map(|r| InstanceLink::new(&r)))
@@ -204,10 +213,10 @@ pub async fn instance(
             root => if row.tree_id != 0 { link(db, Some(row.tree_id))? } else { None },
             requester => link(db, row.requester_id)?,
             host => link(db, row.host_id)?,
-            children => q::instances_requested_by(db, row.id)?.iter().map(InstanceLink::new).collect::<Vec<_>>(),
-            hosted => q::shared_hosted_by(db, row.id)?.iter().map(InstanceLink::new).collect::<Vec<_>>(),
+            children => q::instances_requested_by(db, row.id)?.iter().filter(|c| scope.sees(c)).map(InstanceLink::new).collect::<Vec<_>>(),
+            hosted => q::shared_hosted_by_in(db, scope, row.id)?.iter().map(InstanceLink::new).collect::<Vec<_>>(),
         };
-        let events: Vec<EventItem> = q::list_events(db, Some(row.id), i64::MAX, 50)?
+        let events: Vec<EventItem> = q::list_events_in(db, scope, Some(row.id), i64::MAX, 50)?
             .into_iter()
             .map(EventItem::from)
             .collect();
@@ -220,6 +229,7 @@ pub async fn instance(
     Page::render(
         "instance.html",
         &csrf,
+        &viewer,
         context! {
             title => format!("Instance {}", row.title),
             nav => "instances",
@@ -236,6 +246,7 @@ pub async fn instance(
             instance_events => events,
             events => recent,
             here => format!("/instances/{id}"),
+            usage_tree => if row.tree_id != 0 { row.tree_id } else { row.id },
             live => true,
         },
     )
@@ -253,6 +264,7 @@ pub struct StateForm {
 /// Start, stop or destroy a root instance, then back where the user was.
 pub async fn change_state(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(form): Form<StateForm>,
@@ -260,9 +272,10 @@ pub async fn change_state(
     csrf::verify(&headers, &form.csrf).map_err(WebError::forbidden)?;
     let new_state: InstanceState = form.state.parse().map_err(MasterError::from)?;
     let config = state.engine.clone();
+    let scope = viewer.scope;
     state
         .store
-        .write(move |db| engine::set_requested_state(db, &config, q::Scope::All, id, new_state))
+        .write(move |db| engine::set_requested_state(db, &config, scope, id, new_state))
         .await?;
     state.notify_change();
     let back = match new_state {
@@ -282,11 +295,13 @@ pub async fn change_state(
 pub async fn confirm_destroy(
     State(state): State<AppState>,
     csrf: CsrfToken,
+    viewer: Viewer,
     Path(id): Path<i64>,
 ) -> PageResult {
+    let scope = viewer.scope;
     let (row, members, events) = read(&state, move |db| {
-        let recent = recent_events(db)?;
-        let row = q::instance_by_id(db, id)?
+        let recent = recent_events(db, scope)?;
+        let row = q::instance_by_id_in(db, scope, id)?
             .ok_or_else(|| MasterError::NotFound(format!("No instance {id}")))?;
         let members = q::tree_members(db, row.id)?.len();
         Ok((row, members, recent))
@@ -295,6 +310,7 @@ pub async fn confirm_destroy(
     Page::render(
         "destroy.html",
         &csrf,
+        &viewer,
         context! {
             title => format!("Destroy {}", row.title),
             nav => "instances",
@@ -336,8 +352,8 @@ pub struct RequestPost {
 }
 
 /// Software releases to suggest: everything supplied somewhere.
-fn suggestions(db: &mut dyn Db) -> Result<Vec<String>, MasterError> {
-    let mut urls: Vec<String> = q::software_everywhere(db)?
+fn suggestions(db: &mut dyn Db, scope: Scope) -> Result<Vec<String>, MasterError> {
+    let mut urls: Vec<String> = q::software_everywhere_in(db, scope)?
         .into_iter()
         .filter(|(_, s)| s.requested_state != "destroyed")
         .map(|(_, s)| s.url)
@@ -400,12 +416,14 @@ async fn schema_parameters(
 async fn render_request_form(
     state: &AppState,
     csrf: &CsrfToken,
+    viewer: &Viewer,
     fields: RequestFields,
     errors: BTreeMap<&'static str, String>,
 ) -> PageResult {
-    let (software, events) = read(state, |db| {
-        let recent = recent_events(db)?;
-        Ok((suggestions(db)?, recent))
+    let scope = viewer.scope;
+    let (software, events) = read(state, move |db| {
+        let recent = recent_events(db, scope)?;
+        Ok((suggestions(db, scope)?, recent))
     })
     .await?;
     let schema = schema_parameters(
@@ -419,6 +437,7 @@ async fn render_request_form(
     let page = Page::render(
         "request.html",
         csrf,
+        viewer,
         context! {
             title => "Request an instance",
             nav => "request",
@@ -439,9 +458,10 @@ async fn render_request_form(
 pub async fn request_form(
     State(state): State<AppState>,
     csrf: CsrfToken,
+    viewer: Viewer,
     Query(fields): Query<RequestFields>,
 ) -> PageResult {
-    render_request_form(&state, &csrf, fields, BTreeMap::new()).await
+    render_request_form(&state, &csrf, &viewer, fields, BTreeMap::new()).await
 }
 
 fn parse_parameters(
@@ -492,6 +512,7 @@ fn parse_parameters(
 pub async fn submit_request(
     State(state): State<AppState>,
     csrf_token: CsrfToken,
+    viewer: Viewer,
     headers: HeaderMap,
     Form(post): Form<RequestPost>,
 ) -> Result<Response, WebError> {
@@ -538,9 +559,11 @@ pub async fn submit_request(
         },
     };
     if !errors.is_empty() {
-        return Ok(render_request_form(&state, &csrf_token, fields, errors)
-            .await
-            .into_response());
+        return Ok(
+            render_request_form(&state, &csrf_token, &viewer, fields, errors)
+                .await
+                .into_response(),
+        );
     }
     let parameters_field = if fields.instance_json.trim().is_empty() {
         "instance_xml"
@@ -556,8 +579,8 @@ pub async fn submit_request(
         state: Some(requested_state),
         shared: fields.shared.is_some(),
         requester: Requester::User,
-        // The dashboard is served only when accounts are off.
-        owner: None,
+        // The logged-in user owns what they request (nobody without accounts).
+        owner: viewer.scope.owner(),
     };
     match perform_request(&state, input).await {
         Ok(row) => Ok(Redirect::to(&format!("/instances/{}", row.id)).into_response()),
@@ -568,15 +591,19 @@ pub async fn submit_request(
                 parameters_field
             };
             errors.insert(field, message);
-            Ok(render_request_form(&state, &csrf_token, fields, errors)
-                .await
-                .into_response())
+            Ok(
+                render_request_form(&state, &csrf_token, &viewer, fields, errors)
+                    .await
+                    .into_response(),
+            )
         }
         Err(e @ (MasterError::NotFound(_) | MasterError::Conflict(_))) => {
             errors.insert("form", e.to_string());
-            Ok(render_request_form(&state, &csrf_token, fields, errors)
-                .await
-                .into_response())
+            Ok(
+                render_request_form(&state, &csrf_token, &viewer, fields, errors)
+                    .await
+                    .into_response(),
+            )
         }
         Err(e) => Err(e.into()),
     }
@@ -584,10 +611,15 @@ pub async fn submit_request(
 
 // ------------------------------------------------------------------ computers and software
 
-pub async fn computers(State(state): State<AppState>, csrf: CsrfToken) -> PageResult {
+pub async fn computers(
+    State(state): State<AppState>,
+    csrf: CsrfToken,
+    viewer: Viewer,
+) -> PageResult {
     let now = now_micros();
+    let scope = viewer.scope;
     let (computers, events) = read(&state, move |db| {
-        let recent = recent_events(db)?;
+        let recent = recent_events(db, scope)?;
         let mut out = Vec::new();
         for c in q::list_computers(db)? {
             let (free, total) = q::partition_counts(db, c.id)?;
@@ -606,6 +638,7 @@ pub async fn computers(State(state): State<AppState>, csrf: CsrfToken) -> PageRe
     Page::render(
         "computers.html",
         &csrf,
+        &viewer,
         context! { title => "Computers", nav => "computers", computers, events, live => true },
     )
 }
@@ -627,14 +660,18 @@ fn software_item(s: q::SoftwareRow) -> minijinja::Value {
 pub async fn computer(
     State(state): State<AppState>,
     csrf: CsrfToken,
+    viewer: Viewer,
     Path(reference): Path<String>,
 ) -> PageResult {
     let now = now_micros();
+    let scope = viewer.scope;
     let (c, partitions, software, events) = read(&state, move |db| {
-        let recent = recent_events(db)?;
+        let recent = recent_events(db, scope)?;
         let c = engine::computer(db, &reference)?;
         let partitions: Vec<_> = q::partitions_with_instances(db, c.id)?
             .into_iter()
+            // Another user's instance: the partition shows as used, no more.
+            .map(|(p, i)| (p, i.filter(|i| scope.sees(i))))
             .map(|(p, i)| {
                 context! {
                     reference => p.reference,
@@ -644,7 +681,7 @@ pub async fn computer(
                 }
             })
             .collect();
-        let software: Vec<_> = q::software_of(db, c.id)?
+        let software: Vec<_> = q::software_of_in(db, scope, c.id)?
             .into_iter()
             .map(software_item)
             .collect();
@@ -654,6 +691,7 @@ pub async fn computer(
     Page::render(
         "computer.html",
         &csrf,
+        &viewer,
         context! {
             title => format!("Computer {}", c.reference),
             nav => "computers",
@@ -685,6 +723,7 @@ pub struct SupplyForm {
 /// Supply a release to a computer, or remove it (`state=destroyed`).
 pub async fn supply(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
     Path(reference): Path<String>,
     Form(form): Form<SupplyForm>,
@@ -698,9 +737,10 @@ pub async fn supply(
         .map_err(MasterError::from)?;
     let url = form.url.trim().to_string();
     let computer = reference.clone();
+    let scope = viewer.scope;
     state
         .store
-        .write(move |db| engine::supply(db, q::Scope::All, &computer, &url, software_state))
+        .write(move |db| engine::supply(db, scope, &computer, &url, software_state))
         .await?;
     state.notify_change();
     let back = form_urlencoded::byte_serialize(reference.as_bytes()).collect::<String>();
@@ -708,11 +748,16 @@ pub async fn supply(
 }
 
 /// Every supplied release with its state on each computer.
-pub async fn software(State(state): State<AppState>, csrf: CsrfToken) -> PageResult {
-    let (releases, events) = read(&state, |db| {
-        let recent = recent_events(db)?;
+pub async fn software(
+    State(state): State<AppState>,
+    csrf: CsrfToken,
+    viewer: Viewer,
+) -> PageResult {
+    let scope = viewer.scope;
+    let (releases, events) = read(&state, move |db| {
+        let recent = recent_events(db, scope)?;
         let mut by_url: BTreeMap<String, Vec<minijinja::Value>> = BTreeMap::new();
-        for (computer, s) in q::software_everywhere(db)? {
+        for (computer, s) in q::software_everywhere_in(db, scope)? {
             by_url.entry(s.url.clone()).or_default().push(context! {
                 computer,
                 requested_state => s.requested_state,
@@ -733,6 +778,7 @@ pub async fn software(State(state): State<AppState>, csrf: CsrfToken) -> PageRes
     Page::render(
         "software.html",
         &csrf,
+        &viewer,
         context! { title => "Software", nav => "software", releases, events, live => true },
     )
 }
@@ -749,6 +795,7 @@ pub struct StreamQuery {
 
 pub async fn event_stream(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, WebError> {
@@ -765,9 +812,10 @@ pub async fn event_stream(
     };
     let changes = state.changes.subscribe();
     let stopping = state.stopping.subscribe();
+    let scope = viewer.scope;
     let batches = stream::unfold(
         (state, start, changes, stopping),
-        |(state, mut last, mut changes, mut stopping)| async move {
+        move |(state, mut last, mut changes, mut stopping)| async move {
             loop {
                 if *stopping.borrow() {
                     return None;
@@ -775,7 +823,7 @@ pub async fn event_stream(
                 let after = last;
                 let batch = state
                     .store
-                    .read(move |db| q::events_after(db, after, 100))
+                    .read(move |db| q::events_after_in(db, scope, after, 100))
                     .await
                     .ok()?;
                 if let Some(newest) = batch.last() {
