@@ -330,6 +330,7 @@ mod tests {
         request.extensions_mut().insert(ConnectInfo(Peer {
             addr: "127.0.0.1:1".parse().unwrap(),
             certificate: certificate.map(str::to_string),
+            tls: true,
         }));
         request.into_parts().0
     }
