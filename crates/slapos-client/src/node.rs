@@ -26,6 +26,8 @@ pub struct PartitionTarget {
     pub software_type: Option<String>,
     pub instance_title: Option<String>,
     pub root_instance_title: Option<String>,
+    /// `_instance_guid`: names the instance to the master.
+    pub instance_guid: Option<String>,
     /// Changes whenever the partition must be reprocessed.
     pub timestamp: Option<String>,
     /// Instance parameters (system keys removed).
@@ -116,6 +118,7 @@ fn partition_target(p: &Value) -> Result<PartitionTarget> {
         software_type: params.and_then(|d| text(d.get("slap_software_type"))),
         instance_title: params.and_then(|d| text(d.get("instance_title"))),
         root_instance_title: params.and_then(|d| text(d.get("root_instance_title"))),
+        instance_guid: text(p.get("_instance_guid")),
         timestamp: params.and_then(|d| text(d.get("timestamp"))),
         connection: string_map(p.get("_connection_dict")),
         software_release,
@@ -161,6 +164,18 @@ pub fn parse_computer(body: &str) -> Result<ComputerTarget> {
         software,
         partitions,
     })
+}
+
+/// How a usage report was acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSent {
+    /// By our master's JSON endpoint: records new and already recorded.
+    Json {
+        recorded: u64,
+        already_recorded: u64,
+    },
+    /// By `useComputer` (the reference answers no counts).
+    Legacy,
 }
 
 /// A partition registered by `node format`.
@@ -367,6 +382,38 @@ impl SlapClient {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| ClientError::BadAnswer("watch answer has no version".into()))
+    }
+
+    /// Sends a usage report: as JSON to our master, as the TioXML journal
+    /// (`useComputer`) to the reference, which has no JSON endpoint.
+    pub async fn send_usage(
+        &self,
+        computer_id: &str,
+        report: &slapos_proto::usage::UsageReport,
+    ) -> Result<UsageSent> {
+        let body =
+            serde_json::to_value(report).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let path = format!("api/v1/computers/{}/usage", enc(computer_id));
+        match self.post_json(&path, &body).await {
+            Ok(answer) => {
+                let v: serde_json::Value = serde_json::from_str(&answer)
+                    .map_err(|e| ClientError::BadAnswer(format!("usage answer: {e}")))?;
+                Ok(UsageSent::Json {
+                    recorded: v["recorded"].as_u64().unwrap_or(0),
+                    already_recorded: v["already_recorded"].as_u64().unwrap_or(0),
+                })
+            }
+            // Not our master (its errors are JSON objects): the legacy call.
+            Err(ClientError::NotFound(m)) if !m.trim_start().starts_with('{') => {
+                self.use_computer(computer_id, &report.to_tioxml()).await?;
+                Ok(UsageSent::Legacy)
+            }
+            Err(ClientError::Refused { status: 405, .. }) => {
+                self.use_computer(computer_id, &report.to_tioxml()).await?;
+                Ok(UsageSent::Legacy)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends the usage journal (TioXML) of the computer.

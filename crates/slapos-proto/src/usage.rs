@@ -189,7 +189,11 @@ impl UsageReport {
             records: Vec::new(),
         };
         for t in root.children.iter().filter(|c| c.name == "transaction") {
-            report.records.push(entry_from(t).map_err(invalid)?);
+            // A transaction naming no partition (the reference client's
+            // example journal) has nothing to record.
+            if let Some(e) = entry_from(t).map_err(invalid)? {
+                report.records.push(e);
+            }
         }
         Ok(report)
     }
@@ -211,12 +215,14 @@ fn seconds_micros(text: &str) -> Option<i64> {
     (v.is_finite() && v.abs() < 1e12).then(|| (v * 1e6).round() as i64)
 }
 
-fn entry_from(t: &Elem) -> Result<UsageEntry, String> {
-    let partition = t
+fn entry_from(t: &Elem) -> Result<Option<UsageEntry>, String> {
+    let Some(partition) = t
         .child("reference")
         .map(|r| r.text.trim().to_string())
         .filter(|r| !r.is_empty())
-        .ok_or("a <transaction> has no <reference> (partition)")?;
+    else {
+        return Ok(None);
+    };
     let mut e = UsageEntry {
         partition,
         report_id: t.attr("report_id").map(str::to_string),
@@ -255,7 +261,7 @@ fn entry_from(t: &Elem) -> Result<UsageEntry, String> {
         e.memory_byte_seconds = need("memory_byte_seconds")?;
         e.disk_byte_seconds = need("disk_byte_seconds")?;
         e.running_seconds = need("running_seconds")?;
-        return Ok(e);
+        return Ok(Some(e));
     }
     // A reference journal: CPU seconds, average MiB of memory and disk.
     let seconds = (e.period_end - e.period_start) / 1_000_000;
@@ -279,7 +285,7 @@ fn entry_from(t: &Elem) -> Result<UsageEntry, String> {
         }
     }
     e.running_seconds = seconds;
-    Ok(e)
+    Ok(Some(e))
 }
 
 /// A parsed element: name, attributes, text and children.
@@ -474,11 +480,12 @@ mod tests {
             "<journal><transaction><reference>&a;</reference></transaction></journal>",
             "<other/>",
             "<journal><transaction><reference>p</reference><usage cpu_micros=\"x\"/></transaction></journal>",
-            "<journal><transaction><title/></transaction></journal>",
             "not xml at all",
         ] {
             assert!(UsageReport::from_tioxml(bad).is_err(), "{bad}");
         }
+        let empty = "<journal><transaction><title/></transaction></journal>";
+        assert_eq!(UsageReport::from_tioxml(empty).unwrap().records, vec![]);
         let deep = format!(
             "<journal>{}</journal>",
             "<a>".repeat(40) + &"</a>".repeat(40)
