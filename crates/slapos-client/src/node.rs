@@ -403,12 +403,15 @@ impl SlapClient {
                     already_recorded: v["already_recorded"].as_u64().unwrap_or(0),
                 })
             }
-            // Not our master (its errors are JSON objects): the legacy call.
-            Err(ClientError::NotFound(m)) if !m.trim_start().starts_with('{') => {
+            // A 4xx that is not one of our master's JSON errors: a master
+            // without this route (the reference): the legacy call.
+            Err(ClientError::NotFound(m)) if !is_json_error(&m) => {
                 self.use_computer(computer_id, &report.to_tioxml()).await?;
                 Ok(UsageSent::Legacy)
             }
-            Err(ClientError::Refused { status: 405, .. }) => {
+            Err(ClientError::Refused { status, message })
+                if (400..500).contains(&status) && !is_json_error(&message) =>
+            {
                 self.use_computer(computer_id, &report.to_tioxml()).await?;
                 Ok(UsageSent::Legacy)
             }
@@ -425,6 +428,12 @@ impl SlapClient {
         .await
         .map(|_| ())
     }
+}
+
+/// Our master's errors are JSON objects `{"error": ..., "status": ...}`.
+fn is_json_error(message: &str) -> bool {
+    let m = message.trim_start();
+    m.starts_with('{') && m.contains("\"status\":")
 }
 
 fn enc(s: &str) -> String {

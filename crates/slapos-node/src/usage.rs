@@ -6,7 +6,8 @@
 //!
 //! The partitions have no cgroup of their own (the supervisor starts each
 //! service in its own session), so a partition's processes are those of its
-//! services' sessions, read from /proc. CPU is counted as deltas of
+//! services' sessions, read from /proc, plus, when the partition has its own
+//! Unix user, every process of that user. CPU is counted as deltas of
 //! utime+stime+cutime+cstime per process, keyed by pid and start time (a
 //! recycled pid is another process); when a process is reaped by a parent
 //! that is also measured, the parent's cutime grows by what was already
@@ -66,6 +67,10 @@ pub struct Sample {
     pub partitions: BTreeMap<String, Option<InstanceRef>>,
     /// Size of each partition's directory, bytes.
     pub disk_bytes: BTreeMap<String, u64>,
+    /// Processes seen before, missing from this sample but still running
+    /// (not attributed this time, e.g. while a restarted node adopts its
+    /// services): their baseline is kept so their past CPU is not counted again.
+    pub still_alive: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -173,7 +178,7 @@ impl Journal {
             s.processes.iter().map(|p| (p.key.as_str(), p)).collect();
         let mut already: BTreeMap<&str, u64> = BTreeMap::new();
         for (key, gone) in &self.processes {
-            if current.contains_key(key.as_str()) {
+            if current.contains_key(key.as_str()) || s.still_alive.contains(key) {
                 continue;
             }
             let parent = s
@@ -209,21 +214,18 @@ impl Journal {
                     period.disk_byte_seconds.saturating_add(scaled(*bytes, dt));
             }
         }
-        self.processes = s
-            .processes
-            .iter()
-            .map(|p| {
-                (
-                    p.key.clone(),
-                    ProcSeen {
-                        pid: p.pid,
-                        ppid: p.ppid,
-                        partition: p.partition.clone(),
-                        ticks: p.ticks,
-                    },
-                )
-            })
-            .collect();
+        self.processes.retain(|key, _| s.still_alive.contains(key));
+        self.processes.extend(s.processes.iter().map(|p| {
+            (
+                p.key.clone(),
+                ProcSeen {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    partition: p.partition.clone(),
+                    ticks: p.ticks,
+                },
+            )
+        }));
         self.sampled_at = Some(s.at.max(self.sampled_at.unwrap_or(0)));
     }
 
@@ -425,6 +427,15 @@ fn dir_size(path: &Path) -> u64 {
     total
 }
 
+/// Whether the process `pid:starttime` still runs (the same pid with
+/// another start time is another process).
+fn process_alive(key: &str) -> bool {
+    let Some((pid, start)) = key.split_once(':') else {
+        return false;
+    };
+    read_proc(pid).is_some_and(|p| p.start_time.to_string() == start)
+}
+
 /// Clock ticks per second (`CLK_TCK`).
 pub fn ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -469,6 +480,18 @@ pub fn sample(
             .entry(status.partition.clone())
             .or_insert_with(|| instances.get(&status.partition).cloned());
     }
+    // A partition with its own Unix user also owns what its services started
+    // outside their sessions (daemons that call setsid).
+    let me = nix::unistd::geteuid().as_raw();
+    let users: BTreeMap<u32, String> = s
+        .partitions
+        .keys()
+        .filter_map(|p| {
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata(config.partition_path(p)).ok()?.uid();
+            (uid != 0 && uid != me).then(|| (uid, p.clone()))
+        })
+        .collect();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -479,7 +502,14 @@ pub fn sample(
             let Some(info) = read_proc(&name) else {
                 continue;
             };
-            if let Some(partition) = sessions.get(&info.session) {
+            let by_user = || {
+                use std::os::unix::fs::MetadataExt;
+                if users.is_empty() {
+                    return None;
+                }
+                users.get(&entry.metadata().ok()?.uid())
+            };
+            if let Some(partition) = sessions.get(&info.session).or_else(by_user) {
                 s.processes.push(ProcSample {
                     key: format!("{name}:{}", info.start_time),
                     pid: name.parse().unwrap_or(0),
@@ -506,10 +536,19 @@ pub fn meter_once(
     supervisor: &Supervisor,
     instances: &BTreeMap<String, InstanceRef>,
 ) -> Result<(), MeterError> {
-    let s = sample(config, supervisor, instances);
+    let mut s = sample(config, supervisor, instances);
     let max_gap = (config.metering_interval.max(1) as i64) * 10 * 1_000_000;
     let tps = ticks_per_second();
-    JournalDir::of(config).update(|j| j.apply(&s, tps, max_gap))
+    JournalDir::of(config).update(|j| {
+        let seen: BTreeSet<&str> = s.processes.iter().map(|p| p.key.as_str()).collect();
+        s.still_alive = j
+            .processes
+            .keys()
+            .filter(|k| !seen.contains(k.as_str()) && process_alive(k))
+            .cloned()
+            .collect();
+        j.apply(&s, tps, max_gap)
+    })
 }
 
 #[cfg(test)]
@@ -590,6 +629,18 @@ mod tests {
         assert_eq!(j.pending.len(), 2);
         j.acknowledge("r1");
         assert_eq!(j.pending.len(), 1);
+    }
+
+    #[test]
+    fn a_process_missing_from_one_sample_is_not_counted_twice() {
+        let mut j = Journal::default();
+        j.apply(&at(0, vec![proc("1:1", 1, 0, 10)]), 100, i64::MAX);
+        // Not attributed this time (services not adopted yet), still running.
+        let mut s = at(1, vec![]);
+        s.still_alive.insert("1:1".into());
+        j.apply(&s, 100, i64::MAX);
+        j.apply(&at(2, vec![proc("1:1", 1, 0, 30)]), 100, i64::MAX);
+        assert_eq!(j.open["slappart0"].cpu_micros, 300_000);
     }
 
     #[test]

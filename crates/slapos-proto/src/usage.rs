@@ -209,10 +209,48 @@ fn int_attr(e: &Elem, name: &str) -> Result<Option<i64>, String> {
         .transpose()
 }
 
-/// Seconds (`12.5`, or a reference date we cannot read: `None`) as microseconds.
-fn seconds_micros(text: &str) -> Option<i64> {
-    let v: f64 = text.trim().parse().ok()?;
-    (v.is_finite() && v.abs() < 1e12).then(|| (v * 1e6).round() as i64)
+/// A journal date as microseconds since the epoch: seconds (`12.5`, what
+/// we write) or a UTC date as the reference writes it (`2026-12-04`,
+/// `2026-12-04 23:59:59`, `2026-12-04T23:59:59Z`); `None` if unreadable.
+fn date_micros(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(v) = text.parse::<f64>() {
+        return (v.is_finite() && v.abs() < 1e12).then(|| (v * 1e6).round() as i64);
+    }
+    let text = text.trim_end_matches('Z');
+    let (date, time) = match text.split_once([' ', 'T']) {
+        Some((d, t)) => (d, t),
+        None => (text, "00:00:00"),
+    };
+    let mut d = date.splitn(3, '-').map(|v| v.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let min: i64 = t.next().unwrap_or("0").parse().ok()?;
+    let sec: f64 = t.next().unwrap_or("0").parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || !(0..24).contains(&h) {
+        return None;
+    }
+    if !(0..60).contains(&min) || !(0.0..61.0).contains(&sec) || !(1970..10000).contains(&y) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) * 1_000_000 + (sec * 1e6).round() as i64)
+}
+
+/// A movement's quantity: a number, or nothing (empty, `None`) for 0.
+fn quantity(text: &str) -> Option<f64> {
+    match text.trim() {
+        "" | "None" => Some(0.0),
+        t => t.parse().ok(),
+    }
 }
 
 fn entry_from(t: &Elem) -> Result<Option<UsageEntry>, String> {
@@ -241,7 +279,7 @@ fn entry_from(t: &Elem) -> Result<Option<UsageEntry>, String> {
             e.period_end = int_attr(p, "end")?.ok_or("<period> has no end")?;
         }
         None => {
-            let date = |n: &str| t.child(n).and_then(|d| seconds_micros(&d.text));
+            let date = |n: &str| t.child(n).and_then(|d| date_micros(&d.text));
             e.period_start = date("start_date").unwrap_or(0);
             e.period_end = date("stop_date").unwrap_or(e.period_start);
         }
@@ -267,12 +305,8 @@ fn entry_from(t: &Elem) -> Result<Option<UsageEntry>, String> {
     let seconds = (e.period_end - e.period_start) / 1_000_000;
     for m in t.children.iter().filter(|c| c.name == "movement") {
         let resource = m.child("resource").map(|r| r.text.trim()).unwrap_or("");
-        let quantity: f64 = m
-            .child("quantity")
-            .map(|q| q.text.trim())
-            .unwrap_or("0")
-            .parse()
-            .map_err(|_| format!("{}: a movement's quantity is not a number", e.partition))?;
+        let quantity = quantity(m.child("quantity").map_or("", |q| q.text.as_str()))
+            .ok_or_else(|| format!("{}: a movement's quantity is not a number", e.partition))?;
         if !quantity.is_finite() || !(0.0..1e15).contains(&quantity) {
             return Err(format!("{}: quantity {quantity} out of range", e.partition));
         }
@@ -470,6 +504,28 @@ mod tests {
         assert_eq!(e.cpu_micros, 2_500_000);
         assert_eq!(e.memory_byte_seconds, 60 << 20);
         assert_eq!(e.running_seconds, 60);
+    }
+
+    #[test]
+    fn reference_dates_are_read() {
+        assert_eq!(date_micros("1970-01-02"), Some(86_400_000_000));
+        assert_eq!(
+            date_micros("2026-12-04 23:59:59"),
+            Some(1_796_428_799_000_000)
+        );
+        assert_eq!(
+            date_micros("2000-03-01T00:00:00Z"),
+            Some(951_868_800_000_000)
+        );
+        assert_eq!(date_micros("160"), Some(160_000_000));
+        assert_eq!(date_micros("yesterday"), None);
+        assert_eq!(date_micros(""), None);
+        let xml = "<journal><transaction><start_date>2026-12-04 00:00:00</start_date>\
+            <stop_date>2026-12-04 23:59:59</stop_date><reference>slappart0</reference>\
+            <movement><resource>CPU Consumption</resource><quantity>None</quantity></movement>\
+            </transaction></journal>";
+        let e = &UsageReport::from_tioxml(xml).unwrap().records[0];
+        assert_eq!((e.running_seconds, e.cpu_micros), (86_399, 0));
     }
 
     #[test]
