@@ -478,3 +478,111 @@ fn reports_survive_a_dead_master_and_a_killed_node() {
         t0.elapsed()
     );
 }
+
+/// A master without the JSON usage route (the reference proxy answers 404
+/// with an HTML page): the node's client falls back to `useComputer`, and
+/// the TioXML it sends reads back as the same report.
+#[tokio::test]
+async fn reports_fall_back_to_use_computer_for_the_reference() {
+    use slapos_client::node::UsageSent;
+    use slapos_proto::usage::{InstanceRef, UsageEntry, UsageReport};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers two requests; hands back (path, body) of each.
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let (head_end, length) = loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed early");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    break (i + 4, length);
+                }
+            };
+            while buf.len() < head_end + length {
+                let n = sock.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap().to_string();
+            let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+            let answer = if path.starts_with("/api/") {
+                "HTTP/1.1 404 NOT FOUND\r\nContent-Type: text/html\r\nContent-Length: 22\r\nConnection: close\r\n\r\n<h1>Not Found</h1>\r\n\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 7\r\nConnection: close\r\n\r\nIgnored"
+            };
+            sock.write_all(answer.as_bytes()).await.unwrap();
+            seen.push((path, body));
+        }
+        seen
+    });
+    let report = UsageReport {
+        report_id: Some("0b6c3c9e-1d2f-4a3b-8c4d-5e6f7a8b9c0d".into()),
+        records: vec![UsageEntry {
+            partition: "slappart1".into(),
+            report_id: None,
+            instance: Some(InstanceRef {
+                guid: Some("COMP-REF-slappart1".into()),
+                title: Some("my instance".into()),
+                root_title: Some("my instance".into()),
+            }),
+            period_start: 1_764_800_000_000_000,
+            period_end: 1_764_803_600_000_000,
+            cpu_micros: 12_345_678,
+            memory_byte_seconds: 3600 << 26,
+            disk_byte_seconds: 3600 << 30,
+            running_seconds: 3600,
+        }],
+    };
+    let client = slapos_client::SlapClient::new(&format!("http://{addr}")).unwrap();
+    let sent = client.send_usage("COMP-REF", &report).await.unwrap();
+    assert_eq!(sent, UsageSent::Legacy);
+    let seen = server.await.unwrap();
+    assert_eq!(seen[0].0, "/api/v1/computers/COMP-REF/usage");
+    assert_eq!(seen[1].0, "/useComputer");
+    let fields: std::collections::BTreeMap<String, String> =
+        form_urlencoded_pairs(&seen[1].1).into_iter().collect();
+    assert_eq!(fields["computer_id"], "COMP-REF");
+    let back = UsageReport::from_tioxml(&fields["use_string"]).unwrap();
+    assert_eq!(back.report_id, report.report_id);
+    assert_eq!(back.records[0].cpu_micros, 12_345_678);
+    assert_eq!(back.records[0].instance, report.records[0].instance);
+    assert!(fields["use_string"].contains("<resource>CPU Consumption</resource>"));
+}
+
+/// `application/x-www-form-urlencoded` pairs (no extra dependency).
+fn form_urlencoded_pairs(body: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                    out.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    }
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
