@@ -450,14 +450,16 @@ impl Node {
     /// every `metering_interval` and reported every `report_interval`.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         self.restore().await;
+        // Metering runs beside the passes; a shutdown only interrupts the
+        // wait between passes, never a pass.
         tokio::select! {
-            _ = shutdown => {}
-            _ = self.converge_loop() => {}
+            _ = self.converge_loop(shutdown) => {}
             _ = self.metering_loop() => {}
         }
     }
 
-    async fn converge_loop(&self) {
+    async fn converge_loop(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
         let mut version: Option<String> = None;
         loop {
             let pending = match self.converge_once(false).await {
@@ -467,10 +469,16 @@ impl Node {
                     1
                 }
             };
-            if pending > 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            } else {
-                version = self.wait_for_change(version.take()).await;
+            let wait = async {
+                if pending > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    version = self.wait_for_change(version.take()).await;
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wait => {}
             }
         }
     }
