@@ -355,7 +355,7 @@ impl Node {
     /// master could not take (unreachable, 5xx): they are retried later.
     pub async fn send_pending(&self) -> anyhow::Result<ReportSummary> {
         let journal = crate::usage::JournalDir::of(&self.config);
-        let pending = journal.update(|j| j.pending.clone())?;
+        let pending = journal.read()?.pending;
         let mut summary = ReportSummary {
             pending: pending.len(),
             ..Default::default()

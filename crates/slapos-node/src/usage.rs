@@ -370,6 +370,12 @@ impl JournalDir {
             .map_err(self.io(&self.dir))
     }
 
+    /// Loads the journal under the lock, without changing it.
+    pub fn read(&self) -> Result<Journal, MeterError> {
+        let _lock = self.lock()?;
+        self.load()
+    }
+
     /// Loads the journal under the lock, changes it and saves it.
     pub fn update<T>(&self, f: impl FnOnce(&mut Journal) -> T) -> Result<T, MeterError> {
         let _lock = self.lock()?;
