@@ -118,6 +118,7 @@ impl OpenPeriod {
 
 /// The metering state kept on disk.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Journal {
     /// When the last sample was taken (µs since the epoch).
     pub sampled_at: Option<i64>,
@@ -376,10 +377,22 @@ impl JournalDir {
         self.load()
     }
 
-    /// Loads the journal under the lock, changes it and saves it.
+    /// Loads the journal under the lock, changes it and saves it. A journal
+    /// that cannot be read is set aside (`journal.json.corrupt-<µs>`, for
+    /// inspection) and metering starts afresh rather than stopping for good.
     pub fn update<T>(&self, f: impl FnOnce(&mut Journal) -> T) -> Result<T, MeterError> {
         let _lock = self.lock()?;
-        let mut journal = self.load()?;
+        let mut journal = match self.load() {
+            Err(e @ MeterError::Corrupt { .. }) => {
+                let aside = self
+                    .dir
+                    .join(format!("journal.json.corrupt-{}", now_micros()));
+                tracing::error!(error = %e, aside = %aside.display(), "metering journal set aside");
+                std::fs::rename(self.path(), &aside).map_err(self.io(&aside))?;
+                Journal::default()
+            }
+            other => other?,
+        };
         let out = f(&mut journal);
         self.save(&journal)?;
         Ok(out)
@@ -685,6 +698,14 @@ mod tests {
             .unwrap();
         let j = jd.load().unwrap();
         assert_eq!(j.open["slappart0"].running_micros, 2_000_000);
+        // A damaged journal is set aside, not fatal.
+        std::fs::write(jd.dir.join("journal.json"), "{not json").unwrap();
+        assert!(jd.load().is_err());
+        jd.update(|j| assert_eq!(*j, Journal::default())).unwrap();
+        assert!(std::fs::read_dir(&jd.dir).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("journal.json.corrupt-")));
         assert_eq!(j.open["slappart0"].cpu_micros, 100_000);
         assert!(new_report_id() != new_report_id());
         assert_eq!(new_report_id().len(), 36);
