@@ -251,16 +251,64 @@ fn cpu_seconds(records: &[UsageRecord]) -> f64 {
 }
 
 /// Runs `slapos node report` with the daemon stopped, between two reads of
-/// /proc; returns (cpu before, cpu after, rss).
-fn final_report(m: &mut Metered, pdir: &Path) -> (f64, f64, u64) {
+/// /proc; returns (cpu before, cpu after, rss) of each partition directory.
+fn final_report(m: &mut Metered, pdirs: &[&Path]) -> Vec<(f64, f64, u64)> {
     let mut node = m.node.take().unwrap();
     node.stop(Duration::from_secs(10));
-    let (before, rss) = proc_usage(pdir);
+    let before: Vec<(f64, u64)> = pdirs.iter().map(|p| proc_usage(p)).collect();
     let out = m.cli(&["node", "report"]);
-    let (after, _) = proc_usage(pdir);
+    let after: Vec<(f64, u64)> = pdirs.iter().map(|p| proc_usage(p)).collect();
     assert!(out.status.success(), "node report: {}", text(&out));
     eprintln!("{}", text(&out));
-    (before, after, rss)
+    before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (b.0, a.0, b.1))
+        .collect()
+}
+
+/// One partition's records against what /proc said (see the tolerances above).
+fn check_partition(
+    m: &Metered,
+    mine: &[UsageRecord],
+    before: f64,
+    after: f64,
+    rss: u64,
+    elapsed: f64,
+) {
+    assert!(mine.len() >= 4, "several reports: {mine:#?}");
+    check_cpu(cpu_seconds(mine), before, after);
+    assert!(after > 3.0, "the service burned CPU: {after}");
+    // Attributed to the instance.
+    assert!(
+        mine.iter().all(|r| r.instance_id.is_some()
+            && r.software_release.as_deref() == Some(m.release_url().as_str())),
+        "{mine:#?}"
+    );
+    // Periods follow each other without gap or overlap.
+    let mut sorted = mine.to_vec();
+    sorted.sort_by_key(|r| r.period_start);
+    for w in sorted.windows(2) {
+        assert_eq!(w[0].period_end, w[1].period_start, "{sorted:#?}");
+    }
+    let running: i64 = mine.iter().map(|r| r.running_seconds).sum();
+    let memory: i64 = mine.iter().map(|r| r.memory_byte_seconds).sum();
+    let expected = rss as f64 * running as f64;
+    eprintln!(
+        "running: ledger {running} s, observed ≥ {elapsed:.1} s; memory: ledger {memory} byte-s, \
+         RSS now {rss} B × running = {expected:.0} byte-s ({:+.1} %)",
+        (memory as f64 / expected - 1.0) * 100.0
+    );
+    assert!(
+        (running as f64) >= elapsed - 3.0 && (running as f64) <= elapsed * 1.1 + 10.0,
+        "running {running} s for about {elapsed:.1} s"
+    );
+    assert!(
+        (memory as f64 - expected).abs() <= 0.25 * expected,
+        "memory {memory} byte-s, expected about {expected:.0}"
+    );
+    let disk: i64 = mine.iter().map(|r| r.disk_byte_seconds).sum();
+    assert!(disk > 0, "the partition's files were counted: {mine:#?}");
 }
 
 fn check_cpu(ledger: f64, before: f64, after: f64) {
@@ -295,55 +343,33 @@ async fn post_json(url: &str, body: &Value) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// (a) + (c): ~20 s of burning, metered every second and reported every 3 s.
+/// (a) + (c): two instances burn for ~20 s, metered every second and
+/// reported every 3 s; each partition's ledger matches its own processes.
 #[test]
 fn ledger_matches_what_the_processes_consumed() {
     let t0 = Instant::now();
     let mut m = Metered::start("COMP-METER", 3);
     let pdir = m.burn("burner");
+    let pdir2 = m.burn("burner-2");
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(20));
-    let (before, after, rss) = final_report(&mut m, &pdir);
+    let measured = final_report(&mut m, &[&pdir, &pdir2]);
     let elapsed = started.elapsed().as_secs_f64();
     let ledger = m.ledger();
-    let partition = pdir.file_name().unwrap().to_string_lossy().into_owned();
-    let mine: Vec<UsageRecord> = ledger
-        .iter()
-        .filter(|r| r.partition_reference == partition)
-        .cloned()
-        .collect();
-    assert!(mine.len() >= 4, "several reports: {mine:#?}");
-    check_cpu(cpu_seconds(&mine), before, after);
-    assert!(after > 5.0, "the service burned CPU: {after}");
-    // Attributed to the instance.
-    assert!(
-        mine.iter().all(|r| r.instance_id.is_some()
-            && r.software_release.as_deref() == Some(m.release_url().as_str())),
-        "{mine:#?}"
-    );
-    // Periods follow each other without gap or overlap.
-    let mut sorted = mine.clone();
-    sorted.sort_by_key(|r| r.period_start);
-    for w in sorted.windows(2) {
-        assert_eq!(w[0].period_end, w[1].period_start, "{sorted:#?}");
+    let mut mine = Vec::new();
+    for (dir, (before, after, rss)) in [&pdir, &pdir2].into_iter().zip(measured) {
+        let partition = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let records: Vec<UsageRecord> = ledger
+            .iter()
+            .filter(|r| r.partition_reference == partition)
+            .cloned()
+            .collect();
+        eprintln!("{partition}:");
+        check_partition(&m, &records, before, after, rss, elapsed);
+        mine.push((partition, records));
     }
-    let running: i64 = mine.iter().map(|r| r.running_seconds).sum();
-    eprintln!(
-        "running: ledger {running} s, observed ≥ {elapsed:.1} s; memory: ledger {} byte-s, RSS now {rss} B",
-        mine.iter().map(|r| r.memory_byte_seconds).sum::<i64>()
-    );
-    assert!(
-        (running as f64) >= elapsed - 3.0 && (running as f64) <= elapsed * 1.1 + 10.0,
-        "running {running} s for about {elapsed:.1} s"
-    );
-    let memory: i64 = mine.iter().map(|r| r.memory_byte_seconds).sum();
-    let expected = rss as f64 * running as f64;
-    assert!(
-        (memory as f64 - expected).abs() <= 0.25 * expected,
-        "memory {memory} byte-s, expected about {expected:.0}"
-    );
-    let disk: i64 = mine.iter().map(|r| r.disk_byte_seconds).sum();
-    assert!(disk > 0, "the partition's files were counted: {mine:#?}");
+    assert_ne!(mine[0].1[0].instance_id, mine[1].1[0].instance_id);
+    let (partition, mine) = mine.swap_remove(0);
 
     // (c) A resent report adds nothing; a malformed journal changes nothing.
     let base = m.master_url();
@@ -455,7 +481,7 @@ fn reports_survive_a_dead_master_and_a_killed_node() {
         || format!("{:#}\n{}", m.journal(), m.logs()),
     );
     std::thread::sleep(Duration::from_secs(3));
-    let (before, after, _) = final_report(&mut m, &pdir);
+    let (before, after, _) = final_report(&mut m, &[&pdir])[0];
     let journal = m.journal();
     assert_eq!(journal["pending"].as_array().map_or(0, Vec::len), 0);
     let created = journal["reports_created"].as_u64().unwrap();
