@@ -54,6 +54,8 @@ pub struct ProcSample {
     pub partition: String,
     /// utime + stime + cutime + cstime, in clock ticks.
     pub ticks: u64,
+    /// cutime + cstime alone: what the process's reaped children used.
+    pub child_ticks: u64,
     pub rss_bytes: u64,
 }
 
@@ -79,6 +81,8 @@ struct ProcSeen {
     ppid: i32,
     partition: String,
     ticks: u64,
+    #[serde(default)]
+    child_ticks: u64,
 }
 
 /// A partition's consumption since its period started.
@@ -173,8 +177,9 @@ impl Journal {
                 _ => {}
             }
         }
-        // Children reaped by a measured parent since the last sample: their
-        // counted ticks reappear in the parent's cutime.
+        // Children gone since the last sample: if their measured parent
+        // reaped them, the ticks already counted for them reappear in its
+        // cutime (not if it lets them be reaped automatically).
         let current: BTreeMap<&str, &ProcSample> =
             s.processes.iter().map(|p| (p.key.as_str(), p)).collect();
         let mut already: BTreeMap<&str, u64> = BTreeMap::new();
@@ -192,9 +197,15 @@ impl Journal {
         }
         let mut live: BTreeSet<&str> = BTreeSet::new();
         for p in &s.processes {
-            let before = self.processes.get(&p.key).map_or(0, |seen| seen.ticks)
-                + already.get(p.key.as_str()).copied().unwrap_or(0);
-            let delta = p.ticks.saturating_sub(before);
+            let (before, children_before) = self
+                .processes
+                .get(&p.key)
+                .map_or((0, 0), |seen| (seen.ticks, seen.child_ticks));
+            let own = p.ticks.saturating_sub(p.child_ticks);
+            let own_before = before.saturating_sub(children_before);
+            let children = p.child_ticks.saturating_sub(children_before);
+            let counted = already.get(p.key.as_str()).copied().unwrap_or(0);
+            let delta = own.saturating_sub(own_before) + children.saturating_sub(counted);
             if let Some(period) = self.open.get_mut(&p.partition) {
                 let micros = delta as u128 * 1_000_000 / tps as u128;
                 period.cpu_micros = period
@@ -224,6 +235,7 @@ impl Journal {
                     ppid: p.ppid,
                     partition: p.partition.clone(),
                     ticks: p.ticks,
+                    child_ticks: p.child_ticks,
                 },
             )
         }));
@@ -405,6 +417,7 @@ struct ProcStat {
     ppid: i32,
     session: i32,
     ticks: u64,
+    child_ticks: u64,
     start_time: u64,
     rss_pages: u64,
 }
@@ -425,6 +438,7 @@ fn read_proc(pid: &str) -> Option<ProcStat> {
         ppid: num(1)? as i32,
         session: num(3)? as i32,
         ticks,
+        child_ticks: (num(13)?.max(0) + num(14)?.max(0)) as u64,
         start_time: num(19)?.max(0) as u64,
         rss_pages: num(21)?.max(0) as u64,
     })
@@ -535,6 +549,7 @@ pub fn sample(
                     ppid: info.ppid,
                     partition: partition.clone(),
                     ticks: info.ticks,
+                    child_ticks: info.child_ticks,
                     rss_bytes: info.rss_pages * page,
                 });
             }
@@ -575,12 +590,18 @@ mod tests {
     use super::*;
 
     fn proc(key: &str, pid: i32, ppid: i32, ticks: u64) -> ProcSample {
+        proc_c(key, pid, ppid, ticks, 0)
+    }
+
+    /// With `children` of its `ticks` from reaped children.
+    fn proc_c(key: &str, pid: i32, ppid: i32, ticks: u64, children: u64) -> ProcSample {
         ProcSample {
             key: key.into(),
             pid,
             ppid,
             partition: "slappart0".into(),
             ticks,
+            child_ticks: children,
             rss_bytes: 1000,
         }
     }
@@ -618,10 +639,14 @@ mod tests {
             i64::MAX,
         );
         // t=2: child reaped after 5 more ticks: parent's cutime grows by 30.
-        j.apply(&at(2, vec![proc("1:1", 1, 0, 20 + 30)]), 100, i64::MAX);
+        j.apply(
+            &at(2, vec![proc_c("1:1", 1, 0, 20 + 30, 30)]),
+            100,
+            i64::MAX,
+        );
         // t=3: a new process reusing pid 2 (another start time).
         j.apply(
-            &at(3, vec![proc("1:1", 1, 0, 50), proc("2:9", 2, 1, 3)]),
+            &at(3, vec![proc_c("1:1", 1, 0, 50, 30), proc("2:9", 2, 1, 3)]),
             100,
             i64::MAX,
         );
@@ -641,13 +666,27 @@ mod tests {
         // Nothing consumed since: no new report; the next period starts at the close.
         assert!(j.close("r2".into()).is_none());
         // The second child is reaped too: the parent ran 10 ticks, plus its 3.
-        j.apply(&at(4, vec![proc("1:1", 1, 0, 63)]), 100, i64::MAX);
+        j.apply(&at(4, vec![proc_c("1:1", 1, 0, 63, 33)]), 100, i64::MAX);
         let r2 = j.close("r3".into()).unwrap().clone();
         assert_eq!(r2.records[0].period_start, 3_000_000);
         assert_eq!(r2.records[0].cpu_micros, 100_000);
         assert_eq!(j.pending.len(), 2);
         j.acknowledge("r1");
         assert_eq!(j.pending.len(), 1);
+    }
+
+    #[test]
+    fn children_reaped_automatically_are_not_taken_off_their_parent() {
+        let mut j = Journal::default();
+        j.apply(
+            &at(0, vec![proc("1:1", 1, 0, 10), proc("2:5", 2, 1, 5)]),
+            100,
+            i64::MAX,
+        );
+        // The child is gone but the parent's cutime did not grow (SIGCHLD
+        // ignored): the parent's own 10 ticks still count in full.
+        j.apply(&at(1, vec![proc("1:1", 1, 0, 20)]), 100, i64::MAX);
+        assert_eq!(j.open["slappart0"].cpu_micros, 250_000);
     }
 
     #[test]
