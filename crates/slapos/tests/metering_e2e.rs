@@ -54,6 +54,16 @@ struct Metered {
 
 impl Metered {
     fn start(computer: &str, report_interval: u64) -> Metered {
+        Metered::start_with(computer, report_interval, None, BURN)
+    }
+
+    /// `user_base`: partitions get Unix users of that base (as root).
+    fn start_with(
+        computer: &str,
+        report_interval: u64,
+        user_base: Option<&str>,
+        release: &str,
+    ) -> Metered {
         let dir = tempfile::Builder::new()
             .prefix("slapos-meter-")
             .tempdir()
@@ -71,15 +81,23 @@ impl Metered {
             port_base: free_port_range(20),
         }
         .write(&cfg);
-        let cfg_text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        let mut cfg_text = std::fs::read_to_string(&cfg).unwrap().replacen(
             "[slapos]\n",
             &format!("[slapos]\nmetering_interval = 1\nreport_interval = {report_interval}\n"),
             1,
         );
+        if let Some(base) = user_base {
+            cfg_text = cfg_text.replacen(
+                "alter_user = false\n",
+                &format!("alter_user = true\nuser_base_name = {base}\n"),
+                1,
+            );
+        }
         std::fs::write(&cfg, cfg_text).unwrap();
+        let release_text = release;
         let release = dir.path().join("release");
         std::fs::create_dir_all(&release).unwrap();
-        std::fs::write(release.join("software.toml"), BURN).unwrap();
+        std::fs::write(release.join("software.toml"), release_text).unwrap();
         let sweep = Sweep(vec![dir.path().join("instance")]);
         let mut m = Metered {
             node: None,
@@ -159,6 +177,11 @@ impl Metered {
 
     /// Requests the burning instance and waits until it runs; returns its partition directory.
     fn burn(&self, title: &str) -> PathBuf {
+        self.burn_with(title, 2)
+    }
+
+    /// The same, waiting for `processes` processes in the partition.
+    fn burn_with(&self, title: &str, processes: usize) -> PathBuf {
         let url = self.release_url();
         let out = self.cli(&["request", title, &url]);
         assert!(
@@ -183,9 +206,9 @@ impl Metered {
             .join("instance")
             .join(info["partition"].as_str().unwrap());
         wait_for(
-            "both services to run",
+            "the services to run",
             Duration::from_secs(20),
-            || (processes_in(&pdir).len() >= 2).then_some(()),
+            || (processes_in(&pdir).len() >= processes).then_some(()),
             || self.logs(),
         );
         pdir
@@ -611,4 +634,60 @@ fn form_urlencoded_pairs(body: &str) -> Vec<(String, String)> {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
         .collect()
+}
+
+/// A service that starts a CPU burner in a session of its own (as daemons
+/// do with setsid), which the partition's session does not hold.
+const ESCAPE: &str = r#"name = "escape"
+version = "1"
+[type.default]
+[[type.default.services]]
+name = "main"
+command = ["/bin/sh", "-c", "/usr/bin/setsid -f /bin/sh -c 'while :; do :; done'; exec sleep 1000000"]
+[type.default.connection]
+ok = "yes"
+"#;
+
+/// With a Unix user per partition, what its services start outside their
+/// sessions (setsid) still counts for the partition.
+#[test]
+fn processes_outside_the_session_count_for_the_partition_user() {
+    if !is_root() {
+        eprintln!("skipped: partition users need root");
+        return;
+    }
+    let t0 = Instant::now();
+    let mut m = Metered::start_with("COMP-ESC", 3, Some("mtrusr"), ESCAPE);
+    let pdir = m.burn_with("escaper", 2);
+    let uid = common::cluster::partition_uid(&pdir).expect("the partition has its own user");
+    // The burner is in a session of its own, not the service's.
+    let sessions: BTreeSet<String> = processes_in(&pdir)
+        .iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).ok()?;
+            Some(
+                stat[stat.rfind(')')? + 2..]
+                    .split_whitespace()
+                    .nth(3)?
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "two sessions: {sessions:?}");
+    std::thread::sleep(Duration::from_secs(10));
+    let (before, after, _) = final_report(&mut m, &[&pdir])[0];
+    let partition = pdir.file_name().unwrap().to_string_lossy().into_owned();
+    let ledger: Vec<UsageRecord> = m
+        .ledger()
+        .into_iter()
+        .filter(|r| r.partition_reference == partition)
+        .collect();
+    eprintln!("partition user {uid}");
+    check_cpu(cpu_seconds(&ledger), before, after);
+    assert!(after > 3.0, "the escaped burner used CPU: {after}");
+    m.stop();
+    eprintln!(
+        "processes_outside_the_session_count_for_the_partition_user: {:?}",
+        t0.elapsed()
+    );
 }
