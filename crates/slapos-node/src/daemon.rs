@@ -35,6 +35,7 @@ pub struct Node {
     failed_installs: Mutex<BTreeMap<String, std::time::Instant>>,
     /// The instance each partition holds, from the master's last answer (for metering).
     instances: Mutex<BTreeMap<String, InstanceRef>>,
+    disk_sizes: Arc<crate::usage::DiskSizes>,
 }
 
 /// What `report_usage` did.
@@ -101,6 +102,7 @@ impl Node {
             status: Arc::new(Mutex::new(NodeStatus::default())),
             failed_installs: Mutex::new(BTreeMap::new()),
             instances: Mutex::new(BTreeMap::new()),
+            disk_sizes: Arc::new(crate::usage::DiskSizes::new(Duration::from_secs(30))),
         })
     }
 
@@ -333,17 +335,25 @@ impl Node {
         }
     }
 
-    /// Takes one usage sample into the journal.
-    pub fn meter(&self) -> Result<(), crate::usage::MeterError> {
+    /// Takes one usage sample into the journal (off the async threads: it
+    /// reads /proc and walks partition directories).
+    pub async fn meter(&self) -> anyhow::Result<()> {
         let instances = self.instances.lock().map(|m| m.clone()).unwrap_or_default();
-        crate::usage::meter_once(&self.config, self.supervisor(), &instances)
+        let config = self.config.clone();
+        let supervisor = self.supervisor().clone();
+        let disk = self.disk_sizes.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::usage::meter_once(&config, &supervisor, &instances, &disk)
+        })
+        .await??;
+        Ok(())
     }
 
     /// `slapos node report`: samples, closes the open periods into a pending
     /// report (on disk before anything is sent), then sends every pending
     /// report, removing each only once the master acknowledged it.
     pub async fn report_usage(&self) -> anyhow::Result<ReportSummary> {
-        self.meter()?;
+        self.meter().await?;
         let journal = crate::usage::JournalDir::of(&self.config);
         let created = journal.update(|j| j.close(crate::usage::new_report_id()).cloned())?;
         let mut summary = self.send_pending().await?;
@@ -492,7 +502,7 @@ impl Node {
         let mut last_report = tokio::time::Instant::now();
         loop {
             ticker.tick().await;
-            if let Err(e) = self.meter() {
+            if let Err(e) = self.meter().await {
                 tracing::warn!(error = %e, "usage sample not recorded");
             }
             if last_report.elapsed() >= report_every {

@@ -498,6 +498,7 @@ pub fn sample(
     config: &NodeConfig,
     supervisor: &Supervisor,
     instances: &BTreeMap<String, InstanceRef>,
+    disk: &DiskSizes,
 ) -> Sample {
     let page = page_size();
     let mut sessions: BTreeMap<i32, String> = BTreeMap::new();
@@ -556,12 +557,43 @@ pub fn sample(
         }
     }
     for partition in s.partitions.keys() {
-        s.disk_bytes.insert(
-            partition.clone(),
-            dir_size(&config.partition_path(partition)),
-        );
+        s.disk_bytes
+            .insert(partition.clone(), disk.size(config, partition));
     }
     s
+}
+
+/// Partition directory sizes, walked again only every `refresh` (a large
+/// partition is not walked every second; disk use changes slowly).
+#[derive(Debug, Default)]
+pub struct DiskSizes {
+    refresh: std::time::Duration,
+    known: std::sync::Mutex<BTreeMap<String, (std::time::Instant, u64)>>,
+}
+
+impl DiskSizes {
+    pub fn new(refresh: std::time::Duration) -> DiskSizes {
+        DiskSizes {
+            refresh,
+            known: Default::default(),
+        }
+    }
+
+    fn size(&self, config: &NodeConfig, partition: &str) -> u64 {
+        let now = std::time::Instant::now();
+        if let Ok(known) = self.known.lock() {
+            if let Some((at, size)) = known.get(partition) {
+                if now.duration_since(*at) < self.refresh {
+                    return *size;
+                }
+            }
+        }
+        let size = dir_size(&config.partition_path(partition));
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(partition.to_string(), (now, size));
+        }
+        size
+    }
 }
 
 /// Takes one sample and adds it to the journal.
@@ -569,8 +601,9 @@ pub fn meter_once(
     config: &NodeConfig,
     supervisor: &Supervisor,
     instances: &BTreeMap<String, InstanceRef>,
+    disk: &DiskSizes,
 ) -> Result<(), MeterError> {
-    let mut s = sample(config, supervisor, instances);
+    let mut s = sample(config, supervisor, instances, disk);
     let max_gap = (config.metering_interval.max(1) as i64) * 10 * 1_000_000;
     let tps = ticks_per_second();
     JournalDir::of(config).update(|j| {
