@@ -26,6 +26,8 @@ pub struct PartitionTarget {
     pub software_type: Option<String>,
     pub instance_title: Option<String>,
     pub root_instance_title: Option<String>,
+    /// `_instance_guid`: names the instance to the master.
+    pub instance_guid: Option<String>,
     /// Changes whenever the partition must be reprocessed.
     pub timestamp: Option<String>,
     /// Instance parameters (system keys removed).
@@ -116,6 +118,7 @@ fn partition_target(p: &Value) -> Result<PartitionTarget> {
         software_type: params.and_then(|d| text(d.get("slap_software_type"))),
         instance_title: params.and_then(|d| text(d.get("instance_title"))),
         root_instance_title: params.and_then(|d| text(d.get("root_instance_title"))),
+        instance_guid: text(p.get("_instance_guid")),
         timestamp: params.and_then(|d| text(d.get("timestamp"))),
         connection: string_map(p.get("_connection_dict")),
         software_release,
@@ -161,6 +164,18 @@ pub fn parse_computer(body: &str) -> Result<ComputerTarget> {
         software,
         partitions,
     })
+}
+
+/// How a usage report was acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSent {
+    /// By our master's JSON endpoint: records new and already recorded.
+    Json {
+        recorded: u64,
+        already_recorded: u64,
+    },
+    /// By `useComputer` (the reference answers no counts).
+    Legacy,
 }
 
 /// A partition registered by `node format`.
@@ -369,6 +384,41 @@ impl SlapClient {
             .ok_or_else(|| ClientError::BadAnswer("watch answer has no version".into()))
     }
 
+    /// Sends a usage report: as JSON to our master, as the TioXML journal
+    /// (`useComputer`) to the reference, which has no JSON endpoint.
+    pub async fn send_usage(
+        &self,
+        computer_id: &str,
+        report: &slapos_proto::usage::UsageReport,
+    ) -> Result<UsageSent> {
+        let body =
+            serde_json::to_value(report).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let path = format!("api/v1/computers/{}/usage", enc(computer_id));
+        match self.post_json(&path, &body).await {
+            Ok(answer) => {
+                let v: serde_json::Value = serde_json::from_str(&answer)
+                    .map_err(|e| ClientError::BadAnswer(format!("usage answer: {e}")))?;
+                Ok(UsageSent::Json {
+                    recorded: v["recorded"].as_u64().unwrap_or(0),
+                    already_recorded: v["already_recorded"].as_u64().unwrap_or(0),
+                })
+            }
+            // A 4xx that is not one of our master's JSON errors: a master
+            // without this route (the reference): the legacy call.
+            Err(ClientError::NotFound(m)) if !is_json_error(&m) => {
+                self.use_computer(computer_id, &report.to_tioxml()).await?;
+                Ok(UsageSent::Legacy)
+            }
+            Err(ClientError::Refused { status, message })
+                if (400..500).contains(&status) && !is_json_error(&message) =>
+            {
+                self.use_computer(computer_id, &report.to_tioxml()).await?;
+                Ok(UsageSent::Legacy)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends the usage journal (TioXML) of the computer.
     pub async fn use_computer(&self, computer_id: &str, use_string: &str) -> Result<()> {
         self.post_form(
@@ -378,6 +428,12 @@ impl SlapClient {
         .await
         .map(|_| ())
     }
+}
+
+/// Our master's errors are JSON objects `{"error": ..., "status": ...}`.
+fn is_json_error(message: &str) -> bool {
+    let m = message.trim_start();
+    m.starts_with('{') && m.contains("\"status\":")
 }
 
 fn enc(s: &str) -> String {

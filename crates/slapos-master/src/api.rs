@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/computers/{reference}/bang", post(computer_bang))
         .route("/api/v1/computers/{reference}/watch", get(watch_computer))
+        .route("/api/v1/computers/{reference}/usage", post(report_usage))
         .route(
             "/api/v1/instances",
             get(list_instances).post(request_instance),
@@ -331,6 +332,29 @@ async fn watch_computer(
             _ = stopping.changed() => {}
         }
     }
+}
+
+/// A node's usage report (the JSON twin of `useComputer`): answers how many
+/// of its records were new and how many were already recorded (a resend).
+async fn report_usage(
+    State(state): State<AppState>,
+    ApiIdentity(who): ApiIdentity,
+    Path(reference): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    // Only this computer's node (its certificate) reports its usage.
+    who.require_computer(&reference)?;
+    let report: slapos_proto::usage::UsageReport = serde_json::from_slice(&body)
+        .map_err(|e| MasterError::BadRequest(format!("malformed usage report: {e}")))?;
+    let outcome = state
+        .store
+        .write(move |db| engine::report_usage(db, &reference, &report))
+        .await?;
+    Ok(Json(json!({
+        "report_id": outcome.report_id,
+        "recorded": outcome.recorded,
+        "already_recorded": outcome.already_recorded,
+    })))
 }
 
 // ------------------------------------------------------------------ instances

@@ -1251,10 +1251,136 @@ pub fn computer_bang(db: &mut dyn Db, computer_ref: &str, message: &str) -> Resu
     event(db, "computer.bang", Some(computer_ref), None, None, message)
 }
 
-pub fn use_computer(db: &mut dyn Db, computer_ref: &str, use_string: &str) -> Result<()> {
+/// What recording a usage report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageOutcome {
+    pub report_id: String,
+    /// Records appended to the ledger.
+    pub recorded: usize,
+    /// Records this report had already appended (a resent report).
+    pub already_recorded: usize,
+}
+
+/// Largest report accepted, in records.
+const MAX_USAGE_RECORDS: usize = 10_000;
+
+/// `useComputer`: keeps the TioXML journal as received and appends its
+/// records to the usage ledger, in one transaction. A journal without a
+/// report id (the reference node's) is named by a hash of its body, so a
+/// resent journal is recorded once.
+pub fn use_computer(db: &mut dyn Db, computer_ref: &str, use_string: &str) -> Result<UsageOutcome> {
+    let report = slapos_proto::usage::UsageReport::from_tioxml(use_string)
+        .map_err(|e| MasterError::BadRequest(format!("malformed use_string: {e}")))?;
     let c = computer(db, computer_ref)?;
+    let derived = || {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(use_string.as_bytes());
+        format!("tioxml-{}", hex::encode(&digest[..16]))
+    };
+    let report_id = report.report_id.clone().unwrap_or_else(derived);
+    let outcome = record_usage(db, &c, &report, &report_id)?;
     q::add_usage_report(db, c.id, now_micros(), use_string)?;
-    Ok(())
+    Ok(outcome)
+}
+
+/// `POST /api/v1/computers/{ref}/usage`: the same report as JSON (its
+/// report id is required).
+pub fn report_usage(
+    db: &mut dyn Db,
+    computer_ref: &str,
+    report: &slapos_proto::usage::UsageReport,
+) -> Result<UsageOutcome> {
+    let report_id = report
+        .report_id
+        .clone()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| MasterError::BadRequest("a usage report needs a report_id".into()))?;
+    let c = computer(db, computer_ref)?;
+    let outcome = record_usage(db, &c, report, &report_id)?;
+    let body = serde_json::to_string(report)
+        .map_err(|e| MasterError::BadRequest(format!("usage report: {e}")))?;
+    q::add_usage_report(db, c.id, now_micros(), &body)?;
+    Ok(outcome)
+}
+
+fn record_usage(
+    db: &mut dyn Db,
+    c: &ComputerRow,
+    report: &slapos_proto::usage::UsageReport,
+    report_id: &str,
+) -> Result<UsageOutcome> {
+    use slapos_store::usage::{attribute_usage, insert_usage_record, NewUsageRecord};
+    if report.records.len() > MAX_USAGE_RECORDS {
+        return Err(MasterError::BadRequest(format!(
+            "a usage report holds at most {MAX_USAGE_RECORDS} records"
+        )));
+    }
+    let now = now_micros();
+    let mut outcome = UsageOutcome {
+        report_id: report_id.to_string(),
+        recorded: 0,
+        already_recorded: 0,
+    };
+    for e in &report.records {
+        let id = e.report_id.as_deref().unwrap_or(report_id);
+        if id.is_empty() || id.len() > 200 {
+            return Err(MasterError::BadRequest(
+                "a report id is 1 to 200 characters".into(),
+            ));
+        }
+        let quantities = [
+            e.cpu_micros,
+            e.memory_byte_seconds,
+            e.disk_byte_seconds,
+            e.running_seconds,
+        ];
+        if quantities.iter().any(|q| *q < 0) || e.period_end < e.period_start {
+            return Err(MasterError::BadRequest(format!(
+                "{}: negative quantity or period ending before it starts",
+                e.partition
+            )));
+        }
+        let p = partition(db, c, &e.partition)?;
+        let instance = e.instance.as_ref();
+        let who = attribute_usage(
+            db,
+            p.id,
+            instance.and_then(|i| i.title.as_deref()),
+            instance.and_then(|i| i.root_title.as_deref()),
+        )?;
+        // A journal without dates: the period ends now.
+        let (start, end) = if e.period_start == 0 && e.period_end == 0 {
+            (now - 1, now)
+        } else {
+            (e.period_start, e.period_end.max(e.period_start + 1))
+        };
+        let inserted = insert_usage_record(
+            db,
+            &NewUsageRecord {
+                computer_id: c.id,
+                report_id: id,
+                partition_reference: &e.partition,
+                instance_id: who.as_ref().map(|w| w.instance_id),
+                user_id: who.as_ref().and_then(|w| w.user_id),
+                tree_id: who.as_ref().map(|w| w.tree_id),
+                software_release: who.as_ref().map(|w| w.software_release.as_str()),
+                software_type: who.as_ref().map(|w| w.software_type.as_str()),
+                period_start: start,
+                period_end: end,
+                cpu_micros: e.cpu_micros,
+                memory_byte_seconds: e.memory_byte_seconds,
+                disk_byte_seconds: e.disk_byte_seconds,
+                running_seconds: e.running_seconds,
+            },
+            now,
+        )?;
+        if inserted {
+            outcome.recorded += 1;
+        } else {
+            outcome.already_recorded += 1;
+        }
+    }
+    Ok(outcome)
 }
 
 /// Records the titles a partition requested during its last run.

@@ -1053,10 +1053,13 @@ async fn use_computer(State(state): State<AppState>, Who(who): Who, body: Bytes)
     let computer = fields.required("computer_id")?.to_string();
     who.require_computer(&computer)?;
     let use_string = fields.required("use_string")?.to_string();
-    write(&state, move |db| {
-        engine::use_computer(db, &computer, &use_string)
-    })
-    .await?;
+    // Usage changes nothing a node acts on: no change notification.
+    let outcome = state
+        .store
+        .write(move |db| engine::use_computer(db, &computer, &use_string))
+        .await?;
+    tracing::debug!(report = %outcome.report_id, recorded = outcome.recorded,
+        already = outcome.already_recorded, "usage journal");
     text("OK")
 }
 

@@ -492,3 +492,132 @@ async fn acknowledged_writes_survive_a_restart() {
         .unwrap();
     assert!(kept.is_some());
 }
+
+/// Usage reports: recorded once per (computer, report, partition), attributed
+/// to the instance the node names even after the partition changed hands,
+/// refused whole when malformed.
+async fn usage_story(name: &str, store: &Store) {
+    use slapos_proto::usage::{InstanceRef, UsageEntry, UsageReport};
+    use slapos_store::usage::{usage_records, UsageFilter};
+    let config = EngineConfig::default();
+    run(store, |db| {
+        engine::load_computer_configuration(db, &computer("COMP-U", 1))
+    })
+    .await
+    .unwrap();
+    let c = config.clone();
+    let a = run(store, move |db| engine::request(db, &c, &input("a", None)))
+        .await
+        .unwrap();
+    let entry = |title: &str| UsageEntry {
+        partition: "slappart0".into(),
+        report_id: None,
+        instance: Some(InstanceRef {
+            guid: None,
+            title: Some(title.into()),
+            root_title: Some(title.into()),
+        }),
+        period_start: 1_000_000,
+        period_end: 61_000_000,
+        cpu_micros: 1_500_000,
+        memory_byte_seconds: 60 << 20,
+        disk_byte_seconds: 60 << 30,
+        running_seconds: 60,
+    };
+    let report = UsageReport {
+        report_id: Some("r1".into()),
+        records: vec![entry("a")],
+    };
+    let r = report.clone();
+    let first = run(store, move |db| engine::report_usage(db, "COMP-U", &r))
+        .await
+        .unwrap();
+    assert_eq!((first.recorded, first.already_recorded), (1, 0), "{name}");
+    // The same report again, as TioXML through useComputer: nothing new.
+    let xml = report.to_tioxml();
+    let again = run(store, move |db| engine::use_computer(db, "COMP-U", &xml))
+        .await
+        .unwrap();
+    assert_eq!((again.recorded, again.already_recorded), (0, 1), "{name}");
+
+    // a is destroyed, b takes the partition; a late report naming a goes to a.
+    let c = config.clone();
+    let mut destroy = input("a", None);
+    destroy.state = Some(InstanceState::Destroyed);
+    run(store, move |db| engine::request(db, &c, &destroy))
+        .await
+        .unwrap();
+    run(store, |db| {
+        engine::destroyed_partition(db, "COMP-U", "slappart0")
+    })
+    .await
+    .unwrap();
+    let c = config.clone();
+    let b = run(store, move |db| engine::request(db, &c, &input("b", None)))
+        .await
+        .unwrap();
+    assert_eq!(b.partition.reference, "slappart0", "{name}");
+    let late = UsageReport {
+        report_id: Some("r2".into()),
+        records: vec![entry("a"), {
+            let mut e = entry("b");
+            e.report_id = Some("r3".into());
+            e
+        }],
+    };
+    run(store, move |db| engine::report_usage(db, "COMP-U", &late))
+        .await
+        .unwrap();
+    // Malformed: refused whole, nothing recorded.
+    let bad = run(store, |db| {
+        engine::use_computer(db, "COMP-U", "<journal><transaction>")
+    })
+    .await;
+    assert!(
+        matches!(bad, Err(MasterError::BadRequest(_))),
+        "{name}: {bad:?}"
+    );
+    let unknown = UsageReport {
+        report_id: Some("r4".into()),
+        records: vec![entry("b"), {
+            let mut e = entry("b");
+            e.partition = "slappart9".into();
+            e
+        }],
+    };
+    let refused = run(store, move |db| {
+        engine::report_usage(db, "COMP-U", &unknown)
+    })
+    .await;
+    assert!(
+        matches!(refused, Err(MasterError::NotFound(_))),
+        "{name}: {refused:?}"
+    );
+
+    let records = store
+        .read(|db| Ok::<_, MasterError>(usage_records(db, q::Scope::All, &UsageFilter::default())?))
+        .await
+        .unwrap();
+    let got: Vec<(&str, Option<i64>, i64)> = records
+        .iter()
+        .map(|r| (r.report_id.as_str(), r.instance_id, r.cpu_micros))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("r1", Some(a.instance.id), 1_500_000),
+            ("r2", Some(a.instance.id), 1_500_000),
+            ("r3", Some(b.instance.id), 1_500_000),
+        ],
+        "{name}"
+    );
+    assert_eq!(records[0].software_release.as_deref(), Some(SR), "{name}");
+    assert_eq!(records[0].tree_id, Some(a.instance.id), "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_reports_on_every_backend() {
+    for (name, db) in backends() {
+        usage_story(name, &db.store).await;
+    }
+}

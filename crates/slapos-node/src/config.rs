@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub promise_timeout: u64,
     /// Seconds between two usage reports of `slapos node run`.
     pub report_interval: u64,
+    /// Seconds between two usage samples of `slapos node run`.
+    pub metering_interval: u64,
     /// Where downloads are cached (default `<software_root>/.cache`); may be
     /// shared by several nodes of one machine.
     pub download_cache: Option<PathBuf>,
@@ -66,7 +68,8 @@ impl NodeConfig {
             ports_per_partition: 10,
             poll_interval: 5,
             promise_timeout: 30,
-            report_interval: 600,
+            report_interval: 3600,
+            metering_interval: 60,
             download_cache: std::env::var_os("SLAPOS_DOWNLOAD_CACHE").map(PathBuf::from),
             tls: slapos_client::TlsSettings::default(),
         }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slapos_client::node::{ComputerTarget, PartitionTarget};
-use slapos_client::SlapClient;
+use slapos_client::node::{ComputerTarget, PartitionTarget, UsageSent};
+use slapos_client::{ClientError, SlapClient};
+use slapos_proto::usage::{InstanceRef, UsageReport};
 
 use crate::config::NodeConfig;
 use crate::format::Formatted;
@@ -32,6 +33,20 @@ pub struct Node {
     pub status: Arc<Mutex<NodeStatus>>,
     /// Releases whose install failed, and when: retried after a pause, not on every pass.
     failed_installs: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// The instance each partition holds, from the master's last answer (for metering).
+    instances: Mutex<BTreeMap<String, InstanceRef>>,
+    disk_sizes: Arc<crate::usage::DiskSizes>,
+}
+
+/// What `report_usage` did.
+#[derive(Debug, Clone, Default)]
+pub struct ReportSummary {
+    /// The report made of the periods just closed (none if nothing was consumed).
+    pub created: Vec<UsageReport>,
+    /// Reports the master acknowledged.
+    pub sent: usize,
+    /// Reports still pending (to be retried).
+    pub pending: usize,
 }
 
 /// How long a failed install waits before it is tried again.
@@ -86,6 +101,8 @@ impl Node {
             config,
             status: Arc::new(Mutex::new(NodeStatus::default())),
             failed_installs: Mutex::new(BTreeMap::new()),
+            instances: Mutex::new(BTreeMap::new()),
+            disk_sizes: Arc::new(crate::usage::DiskSizes::new(Duration::from_secs(30))),
         })
     }
 
@@ -296,19 +313,101 @@ impl Node {
         }
     }
 
-    /// `slapos node report`: measures every partition and sends the journal.
-    pub async fn report_usage(&self) -> anyhow::Result<Vec<crate::usage::PartitionUsage>> {
-        let usage = crate::usage::measure(&self.config, self.supervisor());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let stamp = now.to_string();
-        let journal = crate::usage::tioxml(&self.config.computer_id, &stamp, &stamp, &usage);
-        self.client
-            .use_computer(&self.config.computer_id, &journal)
-            .await?;
-        Ok(usage)
+    /// Remembers which instance each partition holds, for metering.
+    pub fn note_instances(&self, target: &ComputerTarget) {
+        let map = target
+            .partitions
+            .iter()
+            .filter(|p| p.software_release.is_some())
+            .map(|p| {
+                (
+                    p.reference.clone(),
+                    InstanceRef {
+                        guid: p.instance_guid.clone(),
+                        title: p.instance_title.clone(),
+                        root_title: p.root_instance_title.clone(),
+                    },
+                )
+            })
+            .collect();
+        if let Ok(mut m) = self.instances.lock() {
+            *m = map;
+        }
+    }
+
+    /// Takes one usage sample into the journal (off the async threads: it
+    /// reads /proc and walks partition directories).
+    pub async fn meter(&self) -> anyhow::Result<()> {
+        let instances = self.instances.lock().map(|m| m.clone()).unwrap_or_default();
+        let config = self.config.clone();
+        let supervisor = self.supervisor().clone();
+        let disk = self.disk_sizes.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::usage::meter_once(&config, &supervisor, &instances, &disk)
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// `slapos node report`: samples, closes the open periods into a pending
+    /// report (on disk before anything is sent), then sends every pending
+    /// report, removing each only once the master acknowledged it.
+    pub async fn report_usage(&self) -> anyhow::Result<ReportSummary> {
+        self.meter().await?;
+        let journal = crate::usage::JournalDir::of(&self.config);
+        let created = journal.update(|j| j.close(crate::usage::new_report_id()).cloned())?;
+        let mut summary = self.send_pending().await?;
+        summary.created = created.into_iter().collect();
+        Ok(summary)
+    }
+
+    /// Sends the pending reports, oldest first; stops at the first the
+    /// master could not take (unreachable, 5xx): they are retried later.
+    pub async fn send_pending(&self) -> anyhow::Result<ReportSummary> {
+        let journal = crate::usage::JournalDir::of(&self.config);
+        let pending = journal.read()?.pending;
+        let mut summary = ReportSummary {
+            pending: pending.len(),
+            ..Default::default()
+        };
+        for report in pending {
+            let id = report.report_id.clone().unwrap_or_default();
+            match self
+                .client
+                .send_usage(&self.config.computer_id, &report)
+                .await
+            {
+                Ok(how) => {
+                    if let UsageSent::Json {
+                        recorded,
+                        already_recorded,
+                    } = how
+                    {
+                        tracing::info!(report = %id, recorded, already_recorded, "usage report acknowledged");
+                    } else {
+                        tracing::info!(report = %id, "usage journal acknowledged (useComputer)");
+                    }
+                    journal.update(|j| j.acknowledge(&id))?;
+                    summary.sent += 1;
+                    summary.pending -= 1;
+                }
+                Err(
+                    e @ (ClientError::NotFound(_)
+                    | ClientError::Refused {
+                        status: 400..=499, ..
+                    }),
+                ) => {
+                    // Refused as such: kept (nothing is ever dropped), the
+                    // others still go.
+                    tracing::error!(report = %id, error = %e, "usage report refused by the master; kept pending");
+                }
+                Err(e) => {
+                    tracing::warn!(report = %id, error = %e, "usage report not sent; kept pending");
+                    break;
+                }
+            }
+        }
+        Ok(summary)
     }
 
     /// One full pass: read the master, install, deploy.
@@ -316,6 +415,7 @@ impl Node {
         let target = match self.client.computer_target(&self.config.computer_id).await {
             Ok(t) => {
                 self.set_status(|s| s.master_reachable = true);
+                self.note_instances(&t);
                 t
             }
             Err(e) => {
@@ -356,19 +456,22 @@ impl Node {
 
     /// `slapos node run`: converge, then wait for a change (or retry soon if
     /// something is pending), until `shutdown` resolves. Instances keep
-    /// running when the master is unreachable.
+    /// running when the master is unreachable. Meanwhile, usage is sampled
+    /// every `metering_interval` and reported every `report_interval`.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         self.restore().await;
+        // Metering runs beside the passes; a shutdown only interrupts the
+        // wait between passes, never a pass.
+        tokio::select! {
+            _ = self.converge_loop(shutdown) => {}
+            _ = self.metering_loop() => {}
+        }
+    }
+
+    async fn converge_loop(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut version: Option<String> = None;
-        let mut last_report = std::time::Instant::now();
         loop {
-            if last_report.elapsed() >= Duration::from_secs(self.config.report_interval) {
-                last_report = std::time::Instant::now();
-                if let Err(e) = self.report_usage().await {
-                    tracing::warn!(error = %e, "usage report not sent; next one at the next interval");
-                }
-            }
             let pending = match self.converge_once(false).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -386,6 +489,27 @@ impl Node {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = wait => {}
+            }
+        }
+    }
+
+    /// Samples usage into the journal and sends reports, forever.
+    async fn metering_loop(&self) {
+        let every = Duration::from_secs(self.config.metering_interval.max(1));
+        let report_every = Duration::from_secs(self.config.report_interval.max(1));
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            ticker.tick().await;
+            if let Err(e) = self.meter().await {
+                tracing::warn!(error = %e, "usage sample not recorded");
+            }
+            if last_report.elapsed() >= report_every {
+                last_report = tokio::time::Instant::now();
+                if let Err(e) = self.report_usage().await {
+                    tracing::warn!(error = %e, "usage report not sent; retried at the next interval");
+                }
             }
         }
     }

@@ -15,6 +15,8 @@ mod error;
 pub mod marshal;
 pub mod params;
 mod pyobj;
+#[allow(missing_docs)]
+pub mod usage;
 mod xmlin;
 
 pub use error::{DecodeError, EncodeError, Location};

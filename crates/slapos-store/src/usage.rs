@@ -171,3 +171,61 @@ pub fn usage_records(
     );
     db.query(&sql, &params)?.iter().map(record_from).collect()
 }
+
+/// Whom a partition's usage is charged to: its instance and the instance's
+/// owner, tree and release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub instance_id: i64,
+    pub user_id: Option<i64>,
+    /// The root of its tree (itself for a root).
+    pub tree_id: i64,
+    pub software_release: String,
+    pub software_type: String,
+}
+
+fn attribution_from(r: &Row) -> Result<Attribution> {
+    let id = r.int(0)?;
+    let tree = r.int(2)?;
+    Ok(Attribution {
+        instance_id: id,
+        user_id: r.opt_int(1)?,
+        tree_id: if tree == 0 { id } else { tree },
+        software_release: r.text(3)?,
+        software_type: r.text(4)?,
+    })
+}
+
+/// The instance a node measured on a partition: the instance titled `title`
+/// in the tree whose root is titled `root_title` (live or archived, the one on
+/// this partition first, then the newest), or else the partition's current
+/// instance. `None` when neither exists (a free partition).
+pub fn attribute_usage(
+    db: &mut dyn Db,
+    partition_id: i64,
+    title: Option<&str>,
+    root_title: Option<&str>,
+) -> Result<Option<Attribution>> {
+    const COLS: &str = "i.id, i.user_id, i.tree_id, i.software_release, i.software_type";
+    if let (Some(title), Some(root_title)) = (title, root_title) {
+        let sql = format!(
+            "SELECT {COLS} FROM instance i LEFT JOIN instance r ON r.id = i.tree_id \
+             WHERE i.title = $1 AND i.host_id IS NULL \
+             AND (CASE WHEN i.tree_id = 0 THEN i.title ELSE r.title END) = $2 \
+             ORDER BY CASE WHEN i.partition_id = $3 THEN 0 ELSE 1 END, i.id DESC LIMIT 1"
+        );
+        if let Some(row) = db.query_opt(
+            &sql,
+            &[title.into(), root_title.into(), partition_id.into()],
+        )? {
+            return attribution_from(&row).map(Some);
+        }
+    }
+    let sql = format!(
+        "SELECT {COLS} FROM instance i JOIN partition p ON p.instance_id = i.id WHERE p.id = $1"
+    );
+    db.query_opt(&sql, &[partition_id.into()])?
+        .as_ref()
+        .map(attribution_from)
+        .transpose()
+}

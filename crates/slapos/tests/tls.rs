@@ -433,6 +433,31 @@ async fn certificates_story(server: &Server) {
         assert_eq!(status, 200, "{what} as COMP-B's node: {body}");
     }
 
+    // Usage reports (JSON): only the computer's own node may send them.
+    let usage = serde_json::json!({"report_id": "tls-usage-1", "records": [{
+        "partition": a_part, "period_start": 1_000_000, "period_end": 2_000_000,
+        "cpu_micros": 1, "memory_byte_seconds": 1, "disk_byte_seconds": 1, "running_seconds": 1}]});
+    for (who, client, expected) in [
+        ("COMP-B", &comp_b, 403),
+        ("alice", &alice, 403),
+        ("anonymous", &anonymous, 401),
+        ("COMP-A", &comp_a, 200),
+    ] {
+        let r = client
+            .post(format!("{}/api/v1/computers/COMP-A/usage", server.url))
+            .json(&usage)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(
+            status,
+            expected,
+            "usage of COMP-A as {who}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
     // The child COMP-A's node requested for Alice's instance is Alice's.
     let (status, a) = json(&alice, server, &format!("/api/v1/instances/{a_id}")).await;
     assert_eq!(status, 200);

@@ -61,10 +61,18 @@ pub fn node_config(cfg: &SlaposConfig) -> Result<NodeConfig> {
     if let Some(v) = cfg.get("slapos-node", "download_cache") {
         c.download_cache = Some(PathBuf::from(v));
     }
-    if let Some(v) = cfg.get("slapos-node", "report_interval") {
+    if let Some(v) = cfg
+        .get("slapos", "report_interval")
+        .or_else(|| cfg.get("slapos-node", "report_interval"))
+    {
         c.report_interval = v
             .parse()
-            .context("[slapos-node] report_interval must be seconds")?;
+            .context("[slapos] report_interval must be seconds")?;
+    }
+    if let Some(v) = cfg.get("slapos", "metering_interval") {
+        c.metering_interval = v
+            .parse()
+            .context("[slapos] metering_interval must be seconds")?;
     }
     if let Some(v) = cfg.get("slapos-node", "promise_timeout") {
         c.promise_timeout = v
@@ -142,19 +150,32 @@ pub async fn instance(config: &NodeConfig, force: bool) -> Result<i32> {
 
 pub async fn report(config: &NodeConfig) -> Result<i32> {
     let node = open_node(config)?;
-    let usage = node.report_usage().await?;
-    for u in &usage {
-        println!(
-            "{}: {:.2} s CPU, {:.1} MiB memory, {:.1} MiB disk, {} processes",
-            u.partition,
-            u.cpu_seconds,
-            u.memory_bytes as f64 / 1048576.0,
-            u.disk_bytes as f64 / 1048576.0,
-            u.processes
-        );
+    // Learn which instance each partition holds (best effort: the journal
+    // keeps what the daemon last knew).
+    if let Ok(target) = node.client.computer_target(&config.computer_id).await {
+        node.note_instances(&target);
     }
+    let summary = node.report_usage().await?;
+    for r in &summary.created {
+        for e in &r.records {
+            println!(
+                "{} {}: {:.2} s CPU, {:.1} MiB·h memory, {:.1} MiB·h disk, running {} s ({} s)",
+                r.report_id.as_deref().unwrap_or(""),
+                e.partition,
+                e.cpu_micros as f64 / 1e6,
+                e.memory_byte_seconds as f64 / 1048576.0 / 3600.0,
+                e.disk_byte_seconds as f64 / 1048576.0 / 3600.0,
+                e.running_seconds,
+                (e.period_end - e.period_start) / 1_000_000,
+            );
+        }
+    }
+    println!(
+        "usage reports: {} sent, {} pending",
+        summary.sent, summary.pending
+    );
     node.supervisor().clone().detach_ref().await;
-    Ok(0)
+    Ok(if summary.pending > 0 { 1 } else { 0 })
 }
 
 pub async fn run(config: &NodeConfig) -> Result<i32> {
