@@ -210,10 +210,13 @@ async fn get_computer(
 
 async fn set_attributes(
     State(state): State<AppState>,
-    _caller: Caller,
+    ApiIdentity(who): ApiIdentity,
     Path(reference): Path<String>,
     Json(attributes): Json<BTreeMap<String, String>>,
 ) -> ApiResult<StatusCode> {
+    // Computers are the provider's: with accounts on, only the computer's
+    // own node (its certificate) changes them, never a user.
+    who.require_computer(&reference)?;
     state
         .store
         .write(move |db| {
@@ -268,10 +271,13 @@ struct MessageBody {
 
 async fn computer_bang(
     State(state): State<AppState>,
-    _caller: Caller,
+    ApiIdentity(who): ApiIdentity,
     Path(reference): Path<String>,
     body: Option<Json<MessageBody>>,
 ) -> ApiResult<StatusCode> {
+    // A bang reprocesses every user's instances on the computer: its node's
+    // call, not a user's.
+    who.require_computer(&reference)?;
     let message = body.map(|b| b.0.message).unwrap_or_default();
     state
         .store

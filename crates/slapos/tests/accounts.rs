@@ -179,6 +179,34 @@ async fn accounts_story(server: &Server) {
     assert_ne!(b_same_title, a_db);
     let (_, a) = api.get(&format!("/api/v1/instances/{a_db}"), &alice).await;
     assert_eq!(a["parameters"]["size"], "1", "{a}");
+    // Computers are the provider's: a user may not change a computer's
+    // placement attributes or bang every instance on it; its node may.
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            "/api/v1/computers/COMP-A/attributes",
+            json!({"country": "fr"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/computers/COMP-A/bang",
+            json!({"message": "all of it"}),
+        ),
+    ] {
+        for token in [&alice, &bob] {
+            let (status, body) = api
+                .call(method.clone(), path, Some(token), Some(body.clone()))
+                .await;
+            assert_eq!(status, 403, "{path}: {body}");
+        }
+        let r = node
+            .request(method, format!("{}{path}", server.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{path} by COMP-A's node");
+    }
     let (status, _) = api
         .call(
             Method::POST,
