@@ -22,18 +22,7 @@ const SR: &str = "https://lab.example.invalid/software/web/software.cfg";
 const DB_SR: &str = "https://lab.example.invalid/software/db/software.cfg";
 
 fn slapos_master(server: &Server, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(common::binary())
-        .arg("master")
-        .args(args)
-        .arg("--cfg")
-        .arg(server.cfg())
-        .output()
-        .expect("run slapos");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    server.master_command(args)
 }
 
 async fn call(

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{computer_xml, form, PgDatabase, Server};
@@ -44,19 +43,9 @@ unit_price = "0.10"
 "#;
 
 fn slapos_master(server: &Server, args: &[&str]) -> String {
-    let out = Command::new(common::binary())
-        .arg("master")
-        .args(args)
-        .arg("--cfg")
-        .arg(server.cfg())
-        .output()
-        .expect("run slapos");
-    assert!(
-        out.status.success(),
-        "slapos master {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    server
+        .master_command(args)
+        .unwrap_or_else(|e| panic!("slapos master {args:?}: {e}"))
 }
 
 /// A browser without JavaScript: keeps its cookies, follows no redirect.

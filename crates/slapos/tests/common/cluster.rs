@@ -72,10 +72,18 @@ impl Cluster {
             c.dir.path(),
         );
         let addr = format!("127.0.0.1:{port}");
+        // Requests need the partitions: `slapos up` listens (and writes its
+        // configuration) before its node has formatted and registered them.
         wait_for(
-            "slapos up to listen",
-            Duration::from_secs(20),
-            || (port_open(&addr) && c.cfg.exists()).then_some(()),
+            "slapos up to listen and register its partitions",
+            Duration::from_secs(30),
+            || {
+                if !port_open(&addr) || !c.cfg.exists() {
+                    return None;
+                }
+                let info = slapos_json(&c.cfg, &["computer", "info", computer, "--json"]).ok()?;
+                (info["computer"]["partitions_total"] == partitions).then_some(())
+            },
             || up.tail(30),
         );
         let mut c = c;
