@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 
 import pytest
@@ -38,17 +37,6 @@ unit_price = "0.002"
 resource = "disk_gb_month"
 unit_price = "0.10"
 """
-
-COMPUTER = (
-    '<marshal><dictionary id="i2"><string>address</string><string>10.1.0.1</string>'
-    '<string>netmask</string><string>255.255.0.0</string><string>partition_list</string>'
-    '<list id="i3"><dictionary id="i4"><string>address_list</string><list id="i5">'
-    '<dictionary id="i6"><string>addr</string><string>10.1.0.2</string><string>netmask</string>'
-    '<string>255.255.0.0</string></dictionary></list><string>reference</string>'
-    '<string>slappart0</string><string>tap</string><dictionary id="i7"><string>name</string>'
-    '<string>slaptap0</string></dictionary></dictionary></list><string>reference</string>'
-    '<string>COMP-B</string></dictionary></marshal>'
-)
 
 
 class Master:
@@ -102,8 +90,16 @@ def post(url, body, content_type, token=None):
 
 def test_login_then_usage_chart_and_invoice(browser, master):
     token = master.cli("user", "add", "carol").strip()
-    post(master.base + "/loadComputerConfigurationFromXML",
-         "xml=" + urllib.parse.quote(COMPUTER), "application/x-www-form-urlencoded")
+    # With accounts on, only a computer's node (its certificate, over HTTPS)
+    # registers it: this plain-HTTP master gets its computer in the database.
+    with sqlite3.connect(master.database) as db:
+        computer = db.execute(
+            "INSERT INTO computer (reference, address, netmask, created_at)"
+            " VALUES ('COMP-B', '10.0.0.1', '255.255.255.0', ?) RETURNING id",
+            (int(time.time() * 1e6),)).fetchone()[0]
+        for n in range(2):
+            db.execute("INSERT INTO partition (computer_id, reference) VALUES (?, ?)",
+                       (computer, f"slappart{n}"))
     instance = json.loads(post(
         master.base + "/api/v1/instances",
         json.dumps({"software_release": "https://lab.example.invalid/web/software.cfg",
